@@ -1,0 +1,1 @@
+"""Shared I/O for every stage: atomic files, object storage, tracking, metrics."""
