@@ -21,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.errors import P4DError
 from model.cameras import CameraDistribution
+from model.networks.arcface import ArcFaceConfig
+from model.networks.discriminator import DiscriminatorConfig
+from model.networks.genhead import GenHeadConfig
+from model.networks.lpips import LPIPSConfig
+from model.networks.pdfgc import PDFGCConfig
+from model.networks.psi.config import PsiConfig
 
 PROFILES = ("tiny", "paper")
 Profile = Literal["tiny", "paper"]
@@ -34,12 +40,6 @@ class Strict(BaseModel):
 
 class ConfigError(P4DError, ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
-
-
-class ImageSizes(Strict):
-    image_resolution: int = Field(512, gt=0, description="final (super-resolved) image size")
-    triplane_resolution: int = Field(256, gt=0, description="triplane feature-map size")
-    triplane_channels: int = Field(32, gt=0, description="channels per plane")
 
 
 class Psi3dSchedule(Strict):
@@ -62,8 +62,6 @@ class Psi3dSchedule(Strict):
     neural_resolution_final: int = Field(128, gt=0, description="neural rendering resolution at the end of the ramp")
     resolution_ramp_start_images: int = Field(1_000_000, ge=0, description="ramp begins here")
     resolution_ramp_images: int = Field(1_000_000, ge=0, description="linear ramp length in images")
-    depth_samples: int = Field(48, gt=0, description="coarse (stratified) samples per ray")
-    importance_samples: int = Field(48, ge=0, description="fine (importance) samples per ray")
     truncation_psi: float = Field(0.95, ge=0, le=1, description="GenHead truncation for synthesized data")
 
     @model_validator(mode="after")
@@ -85,8 +83,6 @@ class PsiSchedule(Strict):
     batch: int = Field(32, gt=0, description="global batch size, whatever the GPU count")
     total_images: int = Field(6_000_000, gt=0, description="images seen over the whole run")
     neural_resolution: int = Field(128, gt=0, description="neural rendering resolution throughout")
-    depth_samples: int = Field(48, gt=0)
-    importance_samples: int = Field(48, ge=0)
     mot_aug_prob: float = Field(
         0.9, ge=0, le=1, description="probability of re-extracting driving motion from a Ψ_3d render"
     )
@@ -138,10 +134,40 @@ class MetricsSection(Strict):
     pushgateway_url: str | None = Field(None, description="Pushgateway for batch steps (env PUSHGATEWAY_URL wins)")
 
 
+class NetworksSection(Strict):
+    """Architecture of every network; defaults are the official sizes (state dicts load 1:1)."""
+
+    genhead: GenHeadConfig = GenHeadConfig()
+    psi3d: PsiConfig = PsiConfig.psi3d()
+    psi: PsiConfig = PsiConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    pdfgc: PDFGCConfig = PDFGCConfig()
+    arcface: ArcFaceConfig = ArcFaceConfig()
+    lpips: LPIPSConfig = LPIPSConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NetworksSection":
+        if not self.psi3d.static or self.psi.static:
+            raise ValueError("networks.psi3d must be static (Ψ_3d) and networks.psi must not be")
+        sizes = {
+            "genhead.img_resolution": self.genhead.img_resolution,
+            "psi3d.img_resolution": self.psi3d.img_resolution,
+            "psi.img_resolution": self.psi.img_resolution,
+            "discriminator.img_resolution": self.discriminator.img_resolution,
+        }
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"image resolutions must agree across networks, got {sizes}")
+        return self
+
+    @property
+    def image_resolution(self) -> int:
+        return self.psi.img_resolution
+
+
 class P4DConfig(Strict):
     profile: Profile = Field("tiny", description="named profile this config was built from")
     seed: int = Field(0, ge=0)
-    sizes: ImageSizes = ImageSizes()
+    networks: NetworksSection = NetworksSection()
     cameras: CameraDistribution = CameraDistribution()
     camera_mix_fitted_prob: float = Field(
         0.5, ge=0, le=1, description="probability of a fitted (real) camera instead of a sampled one"
@@ -164,7 +190,15 @@ def _tiny() -> dict[str, Any]:
     """Same structure, scaled for 2 CPU cores: every size and image count shrinks, no switch is dropped."""
     return {
         "profile": "tiny",
-        "sizes": {"image_resolution": 64, "triplane_resolution": 32, "triplane_channels": 8},
+        "networks": {
+            "genhead": GenHeadConfig.tiny().model_dump(),
+            "psi3d": PsiConfig.tiny(static=True).model_dump(),
+            "psi": PsiConfig.tiny().model_dump(),
+            "discriminator": DiscriminatorConfig.tiny().model_copy(update={"img_resolution": 64}).model_dump(),
+            "pdfgc": PDFGCConfig.tiny().model_dump(),
+            "arcface": ArcFaceConfig.tiny().model_dump(),
+            "lpips": LPIPSConfig.tiny().model_dump(),
+        },
         "psi3d": {
             "batch": 2,
             "total_images": 48,
@@ -175,15 +209,11 @@ def _tiny() -> dict[str, Any]:
             "neural_resolution_final": 32,
             "resolution_ramp_start_images": 16,
             "resolution_ramp_images": 16,
-            "depth_samples": 8,
-            "importance_samples": 8,
         },
         "psi": {
             "batch": 2,
             "total_images": 32,
             "neural_resolution": 32,
-            "depth_samples": 8,
-            "importance_samples": 8,
             "training_clips": 2,
             "frames_per_clip": 4,
         },

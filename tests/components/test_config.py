@@ -16,7 +16,9 @@ def test_paper_profile_holds_every_seed_number():
     assert cam.lookat_min == (-0.01, -0.01, 0.02) and cam.lookat_max == (0.01, 0.01, 0.04)
     assert cam.fov_deg == 12.0
     s3 = cfg.psi3d
-    assert (s3.depth_samples, s3.importance_samples) == (48, 48)
+    for net in (cfg.networks.psi3d, cfg.networks.psi, cfg.networks.genhead):
+        assert (net.rendering.depth_resolution, net.rendering.depth_resolution_importance) == (48, 48)
+        assert net.rendering.box_warp == 1.3 and net.rendering.clamp_mode == "softplus"
     assert (s3.neural_resolution_initial, s3.neural_resolution_final) == (64, 128)
     assert s3.resolution_ramp_start_images == 1_000_000 and s3.resolution_ramp_images == 1_000_000
     assert s3.adversarial_start_images == 1_000_000
@@ -26,9 +28,12 @@ def test_paper_profile_holds_every_seed_number():
     assert s3.truncation_psi == 0.95
     p = cfg.psi
     assert p.lr_motion == 2.5e-4 and p.lr == 1e-4 and p.batch == 32 and p.total_images == 6_000_000
-    assert p.neural_resolution == 128 and (p.depth_samples, p.importance_samples) == (48, 48)
+    assert p.neural_resolution == 128
     assert p.training_clips == 10_000 and p.frames_per_clip == 50 and p.mot_aug_prob == 0.9
-    assert cfg.sizes.image_resolution == 512
+    assert cfg.networks.image_resolution == 512
+    assert cfg.networks.psi3d.static and not cfg.networks.psi.static
+    assert cfg.networks.psi.motion_dim == 548
+    assert cfg.networks.genhead.truncation_psi == 0.95
     assert cfg.losses.adversarial == 0.01 and cfg.losses.r1_gamma == 1.0
 
 
@@ -38,7 +43,7 @@ def test_tiny_keeps_the_structure_and_every_switch():
     t = tiny.psi3d
     assert 0 < t.adversarial_start_images < t.total_images
     assert t.neural_resolution_initial < t.neural_resolution_final
-    assert tiny.sizes.image_resolution < paper.sizes.image_resolution
+    assert tiny.networks.image_resolution < paper.networks.image_resolution
 
 
 @pytest.mark.parametrize(

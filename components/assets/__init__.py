@@ -1,0 +1,1 @@
+"""User-supplied assets: the manifest, the checker and the synthetic bundle writer."""
