@@ -1,0 +1,149 @@
+"""Upsample -> pad -> FIR filter -> downsample of 2-D images, in plain torch.
+
+Semantics of the reference path of the official torch_utils/ops/upfirdn2d.py (no custom CUDA op):
+  1. insert `up - 1` zeros after every pixel, 2. pad (negative = crop),
+  3. convolve with the FIR filter `f` (valid mode), 4. keep every `down`-th pixel.
+Filters are float32, either 2-D `[fh, fw]` or 1-D separable `[taps]`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Pair = int | Sequence[int]
+
+
+def _scaling(v: Pair) -> tuple[int, int]:
+    sx, sy = (v, v) if isinstance(v, int) else tuple(v)
+    if sx < 1 or sy < 1:
+        raise ValueError(f"resampling factor must be >= 1, got {v}")
+    return int(sx), int(sy)
+
+
+def _padding(p: Pair) -> tuple[int, int, int, int]:
+    """-> (x_before, x_after, y_before, y_after)."""
+    if isinstance(p, int):
+        return p, p, p, p
+    p = tuple(int(v) for v in p)
+    if len(p) == 2:
+        return p[0], p[0], p[1], p[1]
+    if len(p) == 4:
+        return p  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, [x, y] or [x0, x1, y0, y1], got {p}")
+
+
+def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    """-> (width, height) of a 1-D (separable) or 2-D filter; (1, 1) for None."""
+    if f is None:
+        return 1, 1
+    if f.ndim not in (1, 2):
+        raise ValueError(f"FIR filter must be 1-D or 2-D, got shape {tuple(f.shape)}")
+    return int(f.shape[-1]), int(f.shape[0])
+
+
+def setup_filter(
+    f: Sequence[float] | torch.Tensor | None,
+    device: torch.device | None = None,
+    normalize: bool = True,
+    flip_filter: bool = False,
+    gain: float = 1.0,
+    separable: bool | None = None,
+) -> torch.Tensor:
+    """Prepare a FIR filter (e.g. [1, 3, 3, 1]) for `upfirdn2d`.
+
+    A 1-D list becomes its 2-D outer product unless `separable` (default: separable only for >= 8 taps,
+    as official). Normalised to unit DC gain. `device=None` keeps the current default device, so the
+    filter can be built under a `torch.device('meta')` context.
+    """
+    f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32)
+    if f.numel() == 0 or f.ndim > 2:
+        raise ValueError(f"FIR filter must be a non-empty scalar, 1-D or 2-D array, got shape {tuple(f.shape)}")
+    if f.ndim == 0:
+        f = f.reshape(1)
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if separable and f.ndim != 1:
+        raise ValueError("a separable filter must be 1-D")
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f if device is None else f.to(device)
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: Pair = 1,
+    down: Pair = 1,
+    padding: Pair = 0,
+    flip_filter: bool = False,
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """x (N,C,H,W) -> (N,C,H',W'); see module docstring for the order of operations."""
+    if x.ndim != 4:
+        raise ValueError(f"upfirdn2d expects (N,C,H,W), got shape {tuple(x.shape)}")
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    upx, upy = _scaling(up)
+    downx, downy = _scaling(down)
+    px0, px1, py0, py1 = _padding(padding)
+    n, c, h, w = x.shape
+
+    # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
+    if upx > 1 or upy > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape(n, c, h * upy, w * upx)
+    # 2. pad positive amounts, crop negative ones.
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+
+    # 3.+4. depthwise convolution; F.conv2d correlates, so flip the filter for a true convolution.
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    if f.ndim == 2:
+        weight = f[None, None].expand(c, 1, *f.shape)
+        return F.conv2d(x, weight, stride=(downy, downx), groups=c)
+    row = f[None, None, None, :].expand(c, 1, 1, f.shape[0])
+    col = f[None, None, :, None].expand(c, 1, f.shape[0], 1)
+    x = F.conv2d(x, row, stride=(1, downx), groups=c)
+    return F.conv2d(x, col, stride=(downy, 1), groups=c)
+
+
+def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: Pair = 0, flip_filter: bool = False,
+             gain: float = 1.0) -> torch.Tensor:
+    """Filter keeping the input size (plus optional extra `padding`)."""
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = filter_size(f)
+    pad = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=pad, flip_filter=flip_filter, gain=gain)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: Pair = 2, padding: Pair = 0,
+               flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """Upsample by `up` with FIR filtering; output is exactly `up` times the input size."""
+    upx, upy = _scaling(up)
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = filter_size(f)
+    pad = [px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2, py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2]
+    # gain up*up compensates for the inserted zeros.
+    return upfirdn2d(x, f, up=up, padding=pad, flip_filter=flip_filter, gain=gain * upx * upy)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: Pair = 2, padding: Pair = 0,
+                 flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """Low-pass and downsample by `down`; output is exactly 1/`down` of the input size."""
+    downx, downy = _scaling(down)
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = filter_size(f)
+    pad = [px0 + (fw - downx + 1) // 2, px1 + (fw - downx) // 2,
+           py0 + (fh - downy + 1) // 2, py1 + (fh - downy) // 2]
+    return upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter, gain=gain)
