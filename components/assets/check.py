@@ -8,6 +8,7 @@ expect for the bundle's profile. Nothing here executes code from a file.
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,6 @@ def _check_official_pickle(path: Path, bundle: BundleInfo, network: str) -> str:
 
 
 def _check_state_dict(path: Path, bundle: BundleInfo, network: str) -> str:
-    import pickle
-
     import torch
 
     from components.assets.networks import expected_shapes
@@ -172,7 +171,7 @@ def check_asset(asset_dir: Path, spec: AssetSpec, bundle: BundleInfo) -> AssetRe
             detail = _check_official_pickle(path, bundle, spec.network or spec.name)
         else:
             detail = _check_state_dict(path, bundle, spec.network or spec.name)
-    except (ValueError, KeyError, OSError, EOFError, P4DError) as err:
+    except (ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, P4DError) as err:
         return AssetResult(spec, "wrong format", str(err).splitlines()[0] or type(err).__name__)
     if bundle.synthetic:
         detail += " [SYNTHETIC]"
