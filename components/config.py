@@ -27,6 +27,7 @@ from model.networks.genhead import GenHeadConfig
 from model.networks.lpips import LPIPSConfig
 from model.networks.pdfgc import PDFGCConfig
 from model.networks.psi.config import PsiConfig
+from components.synthesize.config import SynthesizeConfig
 
 PROFILES = ("tiny", "paper")
 Profile = Literal["tiny", "paper"]
@@ -62,7 +63,6 @@ class Psi3dSchedule(Strict):
     neural_resolution_final: int = Field(128, gt=0, description="neural rendering resolution at the end of the ramp")
     resolution_ramp_start_images: int = Field(1_000_000, ge=0, description="ramp begins here")
     resolution_ramp_images: int = Field(1_000_000, ge=0, description="linear ramp length in images")
-    truncation_psi: float = Field(0.95, ge=0, le=1, description="GenHead truncation for synthesized data")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Psi3dSchedule":
@@ -172,6 +172,7 @@ class P4DConfig(Strict):
     camera_mix_fitted_prob: float = Field(
         0.5, ge=0, le=1, description="probability of a fitted (real) camera instead of a sampled one"
     )
+    synthesize: SynthesizeConfig = SynthesizeConfig()
     psi3d: Psi3dSchedule = Psi3dSchedule()
     psi: PsiSchedule = PsiSchedule()
     losses: LossWeights = LossWeights()
@@ -199,6 +200,7 @@ def _tiny() -> dict[str, Any]:
             "arcface": ArcFaceConfig.tiny().model_dump(),
             "lpips": LPIPSConfig.tiny().model_dump(),
         },
+        "synthesize": SynthesizeConfig.tiny().model_dump(),
         "psi3d": {
             "batch": 2,
             "total_images": 48,
@@ -288,6 +290,26 @@ def load_params(path: str | Path) -> P4DConfig:
         return build_config(profile, raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def resolve_config(
+    profile: str | None = None,
+    params: str | Path | None = None,
+    section: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> P4DConfig:
+    """What a stage's CLI runs with: ``--params`` (or the bare ``--profile``), then its own command-line
+    ``overrides`` on top of its ``section``, validated as one config."""
+    raw: dict[str, Any] = {}
+    if params is not None:
+        raw = load_params(params).model_dump(mode="json")
+        if profile is not None and profile != raw["profile"]:
+            raise ConfigError(f"--profile {profile} contradicts {params} (profile: {raw['profile']})")
+        profile = raw["profile"]
+    profile = profile or "tiny"
+    if section and overrides:
+        raw = deep_merge(raw, {section: overrides})  # build_config lays raw over the profile's values
+    return build_config(profile, raw)
 
 
 def dump_config(cfg: P4DConfig, fmt: Literal["json", "yaml"] = "yaml") -> str:

@@ -19,6 +19,9 @@ COMMAND_MODULES = [
     "components.assets.cli",
     "components.import_official.cli",
     "components.fit_flame.cli",
+    "components.synthesize.cli",
+    "pipelines.pipeline_cli",
+    "pipelines.main_job",
 ]
 
 

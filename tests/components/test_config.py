@@ -25,7 +25,6 @@ def test_paper_profile_holds_every_seed_number():
     assert s3.renderer_frozen_until_images == 1_000_000
     assert s3.depth_and_triplane_loss_until_images == 1_000_000
     assert s3.lr == 1e-4 and s3.batch == 32 and s3.total_images == 10_000_000
-    assert s3.truncation_psi == 0.95
     p = cfg.psi
     assert p.lr_motion == 2.5e-4 and p.lr == 1e-4 and p.batch == 32 and p.total_images == 6_000_000
     assert p.neural_resolution == 128
