@@ -21,7 +21,7 @@ import torch
 from components.config import build_config
 from components.synthesize.conditions import LabelPool, draw_identity
 from components.synthesize.config import SynthesizeConfig
-from components.synthesize.genhead_deformer import build_flame_head
+from components.assets.flame import flame_head_from_arrays as build_flame_head
 from components.synthesize.sampler import GenHeadSampler
 from components.synthesize.shards import encode_view, tar_bytes, view_key
 from model.cameras import CameraDistribution, LabelLayout, sample_cameras

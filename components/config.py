@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.errors import P4DError
 from model.cameras import CameraDistribution
+from model.deformation import DeformationConfig
 from model.networks.arcface import ArcFaceConfig
 from model.networks.discriminator import DiscriminatorConfig
 from model.networks.genhead import GenHeadConfig
@@ -144,6 +145,7 @@ class NetworksSection(Strict):
     pdfgc: PDFGCConfig = PDFGCConfig()
     arcface: ArcFaceConfig = ArcFaceConfig()
     lpips: LPIPSConfig = LPIPSConfig()
+    deformation: DeformationConfig = DeformationConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "NetworksSection":
@@ -199,6 +201,7 @@ def _tiny() -> dict[str, Any]:
             "pdfgc": PDFGCConfig.tiny().model_dump(),
             "arcface": ArcFaceConfig.tiny().model_dump(),
             "lpips": LPIPSConfig.tiny().model_dump(),
+            "deformation": DeformationConfig.tiny().model_dump(),
         },
         "synthesize": SynthesizeConfig.tiny().model_dump(),
         "psi3d": {

@@ -114,6 +114,24 @@ def _check_mediapipe_embedding(path: Path, bundle: BundleInfo) -> str:
     return f"{n} MediaPipe-to-FLAME landmarks"
 
 
+def _check_flame_parts(path: Path, bundle: BundleInfo, kind: str) -> str:
+    """FLAME part sets / proxy mesh: read with the official readers against the bundle's FLAME model."""
+    from components.assets.flame import official_parts_and_proxy
+    from components.assets.manifest import spec
+    from model.flame import load_flame_pickle
+
+    root = path.parents[len(Path(spec(kind).path).parts) - 1]
+    n_vertices = load_flame_pickle(root / spec("flame_model").path)["v_template"].shape[0]
+    if kind == "flame_proxy_mesh":
+        _, proxy = official_parts_and_proxy(root, n_vertices)
+        return f"proxy mesh with {proxy.n_vertices} vertices, {len(proxy.faces)} faces"
+    other = "flame_parts_info" if kind == "flame_masks" else "flame_masks"
+    if not (root / spec(other).path).exists():
+        return f"readable; pairs with {spec(other).path}, which is missing (part sets will be derived)"
+    parts, _ = official_parts_and_proxy(root, n_vertices)
+    return f"part sets for {parts.n_vertices} vertices ({len(parts.left_eye) + len(parts.right_eye)} eyeball vertices)"
+
+
 def _compare_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
@@ -167,6 +185,8 @@ def check_asset(asset_dir: Path, spec: AssetSpec, bundle: BundleInfo) -> AssetRe
             detail = _check_flame_landmarks(path, bundle)
         elif spec.kind == "mediapipe_embedding":
             detail = _check_mediapipe_embedding(path, bundle)
+        elif spec.kind in ("flame_masks", "flame_parts_info", "flame_proxy_mesh"):
+            detail = _check_flame_parts(path, bundle, spec.kind)
         elif spec.kind == "official_pickle":
             detail = _check_official_pickle(path, bundle, spec.network or spec.name)
         else:

@@ -17,6 +17,9 @@ Kind = Literal[
     "flame_model",
     "flame_landmarks",
     "mediapipe_embedding",
+    "flame_masks",
+    "flame_parts_info",
+    "flame_proxy_mesh",
     "official_pickle",
     "state_dict",
 ]
@@ -57,6 +60,32 @@ ASSETS: tuple[AssetSpec, ...] = (
         True,
         "npz: lmk_face_idx (105,), lmk_b_coords (105, 3), landmark_indices (105,) into the 478 MediaPipe points",
         "MICA / flame-head-tracker release (mediapipe_landmark_embedding.npz)",
+    ),
+    AssetSpec(
+        "flame_masks",
+        "flame/FLAME_masks.pkl",
+        "flame_masks",
+        False,
+        "pickled dict of FLAME vertex-id arrays (face, left_eyeball, right_eyeball, lips, noinmouth, ...)",
+        "https://flame.is.tue.mpg.de (FLAME_masks.zip); without it part sets are derived from the mesh",
+    ),
+    AssetSpec(
+        "flame_parts_info",
+        "flame/flame_addition_info_new_smallface.npy",
+        "flame_parts_info",
+        False,
+        "pickled dict in .npy: eye_idxs, face_idxs, vertices_region_idxs (V, 10), eyelids_idxs",
+        "official Portrait-4D repository (portrait4d/models/FLAME/flame_addition_info_new_smallface.npy)",
+    ),
+    AssetSpec(
+        "flame_proxy_mesh",
+        "flame/simplify_baricentric2.npy",
+        "flame_proxy_mesh",
+        False,
+        "pickled dict in .npy: simplified FLAME proxy mesh for the neck rotation field (idxs, baris, faces, "
+        "coarse_face_region_idxs)",
+        "official Portrait-4D repository (portrait4d/models/FLAME/simplify_baricentric2.npy); without it a "
+        "proxy mesh is built from the FLAME mesh",
     ),
     AssetSpec(
         "genhead",

@@ -67,6 +67,21 @@ def _write_landmark_embeddings(root: Path, arrays: dict, seed: int) -> None:
     )
 
 
+def _write_flame_parts(root: Path, arrays: dict) -> None:
+    """The official FLAME part sets and proxy mesh, derived from the synthetic mesh, in their file formats."""
+    import pickle
+
+    from model.deformation import build_proxy_mesh, part_labels, synthetic_flame_parts
+
+    parts = synthetic_flame_parts(arrays)
+    masks, info = parts.to_official()
+    # FLAME_masks.pkl is a protocol-2 pickle of a dict of numpy arrays (read back by the restricted unpickler).
+    (root / spec("flame_masks").path).write_bytes(pickle.dumps(masks, protocol=2))
+    np.save(root / spec("flame_parts_info").path, np.array(info, dtype=object), allow_pickle=True)
+    proxy = build_proxy_mesh(arrays["v_template"], arrays["f"], part_labels=part_labels(parts))
+    np.save(root / spec("flame_proxy_mesh").path, np.array(proxy.to_official(), dtype=object), allow_pickle=True)
+
+
 def _write_networks(root: Path, profile: str, seed: int) -> None:
     import torch
 
@@ -99,6 +114,7 @@ def synthesize_bundle(out: str | Path, profile: str = "tiny", seed: int = 0) -> 
     try:
         arrays = _write_flame(tmp, seed)
         _write_landmark_embeddings(tmp, arrays, seed)
+        _write_flame_parts(tmp, arrays)
         _write_networks(tmp, profile, seed)
         (tmp / BUNDLE_METADATA).write_text(
             json.dumps(

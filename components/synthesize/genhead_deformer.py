@@ -8,23 +8,9 @@ This adapter is the only glue; it would sit equally well in model.deformation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
-from model.deformation import (
-    DeformationConfig,
-    FlameHead,
-    HeadDeformation,
-    PartDeformation,
-    PartMasks,
-    build_proxy_mesh,
-    part_labels,
-    render_part_masks,
-    synthetic_flame_parts,
-)
-from model.flame import FlameLayer
+from model.deformation import FlameHead, HeadDeformation, PartDeformation, PartMasks, render_part_masks
 
 
 class GenHeadDeformer:
@@ -42,14 +28,3 @@ class GenHeadDeformer:
 
     def part_masks(self, c: torch.Tensor, resolution: int) -> PartMasks:
         return render_part_masks(self.head, self.vertices, c, resolution)
-
-
-def build_flame_head(arrays: Mapping[str, Any], config: DeformationConfig | None = None) -> FlameHead:
-    """FlameHead from FLAME arrays (``model.flame.load_flame_pickle``), with derived part sets and proxy mesh.
-
-    The official part sets (FLAME_masks.pkl) and proxy mesh are not among our assets yet, so both are
-    derived from the FLAME arrays (model.deformation.synthetic_flame_parts / build_proxy_mesh).
-    """
-    parts = synthetic_flame_parts(arrays)
-    proxy = build_proxy_mesh(arrays["v_template"], arrays["f"], part_labels=part_labels(parts))
-    return FlameHead(FlameLayer(arrays), proxy, parts, None, config or DeformationConfig())

@@ -25,7 +25,6 @@ from components.errors import P4DError
 from components.io.storage import Store, open_store
 from components.synthesize.conditions import LabelPool, derive_seed, draw_identity, load_label_pool
 from components.synthesize.config import SynthesizeConfig
-from components.synthesize.genhead_deformer import build_flame_head
 from components.synthesize.sampler import SALT_RENDER, GenHeadSampler
 from components.synthesize.shards import (
     INDEX_FILE,
@@ -71,14 +70,11 @@ def check_assets(asset_dir: str | Path, profile: str) -> BundleInfo:
 
 def load_models(asset_dir: str | Path, cfg: P4DConfig, device: str) -> tuple[GenHead, FlameHead]:
     """GenHead with the asset's weights and the FLAME head of the asset's FLAME model."""
-    from components.assets.manifest import spec
+    from components.assets.flame import load_flame_head
     from components.assets.networks import load_network
-    from model.flame import load_flame_pickle
 
     genhead = load_network("genhead", asset_dir, cfg, device)
-    arrays = load_flame_pickle(Path(asset_dir) / spec("flame_model").path)
-    head = build_flame_head(arrays, DeformationConfig.tiny() if cfg.profile == "tiny" else DeformationConfig())
-    return genhead, head
+    return genhead, load_flame_head(asset_dir, cfg.networks.deformation).head
 
 
 def _module_sha(module: torch.nn.Module) -> str:

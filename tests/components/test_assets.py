@@ -123,3 +123,18 @@ def test_list_names_every_asset_and_where_to_get_it(capsys):
     for a in ASSETS:
         assert a.path in out
     assert "flame.is.tue.mpg.de" in out
+
+
+def test_flame_head_reads_official_part_files_and_derives_when_absent(bundle, tmp_path):
+    from components.assets.flame import load_flame_head
+    from model.deformation import DeformationConfig
+
+    read = load_flame_head(bundle, DeformationConfig.tiny())
+    assert read.derived == ()
+    d = _copy(bundle, tmp_path)
+    (d / spec("flame_proxy_mesh").path).unlink()
+    (d / spec("flame_masks").path).unlink()
+    derived = load_flame_head(d, DeformationConfig.tiny())
+    assert derived.derived == ("parts", "proxy_mesh")
+    # the synthetic bundle's files were derived the same way, so both heads agree
+    assert read.head.proxy.faces.equal(derived.head.proxy.faces)

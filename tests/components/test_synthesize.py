@@ -51,7 +51,7 @@ def fitted_labels(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models():
-    from components.synthesize.genhead_deformer import build_flame_head
+    from components.assets.flame import flame_head_from_arrays as build_flame_head
 
     torch.manual_seed(0)
     genhead = GenHead(GenHeadConfig.tiny())
