@@ -74,7 +74,9 @@ def bench_render(psi: Psi, cfg, batch: int, dtype: str, device: str, iters: int,
     return {"seconds": seconds, "images_per_s": batch / seconds, "flops": flops}
 
 
-def bench_train_step(psi, disc, lpips, cfg, batch: int, dtype: str, device: str, iters: int, warmup: int, res: int) -> dict:
+def bench_train_step(
+    psi, disc, lpips, cfg, batch: int, dtype: str, device: str, iters: int, warmup: int, res: int, count_flops: bool = True
+) -> dict:
     image, motion, c = _inputs(cfg, batch, device)
     target = image.clone()
     g_opt = torch.optim.Adam(psi.parameters(), lr=1e-4, betas=(0.0, 0.99))
@@ -109,8 +111,21 @@ def bench_train_step(psi, disc, lpips, cfg, batch: int, dtype: str, device: str,
     seconds = _time(step, device, iters, warmup)
     # FlopCounterMode's module hooks cannot follow the R1 double-backward: the FLOP count (and so the
     # TFLOP/s column) of the training step leaves R1 out, while the timing includes it.
-    flops = _flops(lambda: step(r1_reg=False))
+    flops = _flops(lambda: step(r1_reg=False)) if count_flops else float("nan")
     return {"seconds": seconds, "images_per_s": batch / seconds, "flops": flops}
+
+
+def _trace_train_step(psi, disc, lpips, cfg, batch: int, device: str, res: int) -> None:
+    """Where one fp32 training step spends its time (torch.profiler, top ops by device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    psi.train()
+    bench_train_step(psi, disc, lpips, cfg, batch, "fp32", device, 1, 1, res, count_flops=False)  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        bench_train_step(psi, disc, lpips, cfg, batch, "fp32", device, 1, 0, res, count_flops=False)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-batches", default="1,8")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--trace", action="store_true", help="print the top CUDA kernels of one training step")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
         rows.append({"what": "Ψ train step (G + D, L1+LPIPS+adv+R1)", "dtype": dtype, "batch": args.train_batch, **r, "peak_gib": mem})
 
+    if args.trace:
+        _trace_train_step(psi, disc, lpips, cfg, args.train_batch, args.device, res)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"\nΨ benchmark: profile {args.profile}, neural resolution {res}, device {device_name}, torch {torch.__version__}\n")
     print("| what | dtype | batch | ms / call | images/s | TFLOP/s achieved | peak GiB |")

@@ -83,7 +83,7 @@ def main() -> None:
     for dtype in args.dtype:
         for batch in args.batch:
             synth = base.model_copy(update={"batch": batch, "dtype": DTYPES[dtype], "views": 1})
-            sampler = GenHeadSampler(genhead, head, synth, cfg.psi3d.truncation_psi, device)
+            sampler = GenHeadSampler(genhead, head, synth, cfg.networks.genhead.truncation_psi, device)
             conds = [draw_identity(pool, i, synth, cfg.cameras, cfg.camera_mix_fitted_prob, sampler.z_dim)
                      for i in range(batch)]
             views = [(c, 0) for c in conds]

@@ -37,6 +37,12 @@ def project_points(points: torch.Tensor, cam2world: torch.Tensor, intrinsics: to
     cam2world (B,4,4) is OpenGL (camera looks down -z, +y up); intrinsics (B,3,3) are normalised
     by image size (the 25-float label). Inverse of the ray construction in model.rendering.
     """
+    # Geometry stays in fp32 under autocast: a bf16 projection would move pixels and break the z-buffer.
+    with torch.autocast(points.device.type, enabled=False):
+        return _project_fp32(points.float(), cam2world.float(), intrinsics.float(), size)
+
+
+def _project_fp32(points: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor, size: int) -> torch.Tensor:
     rot, origin = cam2world[:, :3, :3], cam2world[:, None, :3, 3]
     cam = (points - origin) @ rot  # world -> camera: R^T (p - t), row-vector form
     depth = -cam[..., 2]
@@ -148,6 +154,7 @@ def rasterize(
     if size < 1:
         raise ValueError(f"image size must be >= 1, got {size}")
     faces = faces.long().to(screen.device)
+    screen = screen.float()
     face, _ = _visible_faces(screen, faces, size, cull_backfaces, tile, chunk)
     # Recompute the winners' barycentrics with autograd (vertex positions -> attributes).
     covered = face >= 0
