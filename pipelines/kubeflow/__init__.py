@@ -1,0 +1,1 @@
+"""The Kubeflow Pipelines v2 form of the DAG: components, platform settings, compile, submit, schedule."""

@@ -1,0 +1,148 @@
+"""`p4d pipeline exec`: run one DAG stage inside a pipeline pod.
+
+It writes the run's params text to a file (the argv element ``{params}`` becomes its path), syncs
+inputs from S3 when the pod is not a KFP task (PyTorchJob), runs the stage's own ``p4d`` argv —
+in-process, or under ``torchrun`` for several GPUs / nodes — syncs outputs back from node 0, and
+records the stage's timing, item counts and failures as Prometheus metrics (pushed when a
+Pushgateway is configured) and as an MLflow run tagged with the pipeline run (when tracking is set).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from components.io.metrics import MetricsError, StageMetrics
+from components.io.storage import open_store
+from pipelines.dag import PARAMS_TOKEN, STAGE_BY_NAME, Stage
+
+
+def output_paths(stage: Stage, argv: list[str]) -> dict[str, str]:
+    """Where the rendered argv puts each output node (the template position of ``{node}``)."""
+    offset = len(stage.command)
+    return {
+        arg[1:-1]: argv[offset + i]
+        for i, arg in enumerate(stage.args)
+        if arg.startswith("{") and arg[1:-1] in stage.outputs and offset + i < len(argv)
+    }
+
+
+def count_items(out_dir: str | Path) -> tuple[int, int]:
+    """(ok, failed) rows of a stage manifest (``manifest.parquet`` in the output or its parts)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.gather import part_dirs
+
+    ok = failed = 0
+    for part in part_dirs(out_dir):
+        manifest = Path(part) / "manifest.parquet"
+        if manifest.exists():
+            status = pq.read_table(manifest, columns=["status"]).column("status").to_pylist()
+            ok += sum(s == "ok" for s in status)
+            failed += sum(s == "failed" for s in status)
+    return ok, failed
+
+
+def sync_down(uri: str, local: Path) -> int:
+    """Copy every object under ``uri`` to ``local``; returns the number of files."""
+    store = open_store(uri)
+    keys = store.list()
+    for key in keys:
+        target = local / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get_bytes(key))
+    return len(keys)
+
+
+def sync_up(local: Path, uri: str) -> int:
+    store = open_store(uri)
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+    for p in files:
+        store.put_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    return len(files)
+
+
+def is_node_zero() -> bool:
+    """Node rank 0 of a PyTorchJob (the training operator sets PET_NODE_RANK), or a plain pod."""
+    return os.environ.get("PET_NODE_RANK", "0") == "0"
+
+
+def _launch(argv: list[str], nproc_per_node: int) -> int:
+    if nproc_per_node > 1 or "PET_NNODES" in os.environ:
+        # torchrun reads --nnodes/--node-rank/--master-* from the PET_* env of a PyTorchJob pod
+        cmd = ["torchrun", f"--nproc-per-node={nproc_per_node}"]
+        if "PET_NNODES" not in os.environ:
+            cmd.append("--standalone")
+        return subprocess.call([*cmd, "--no-python", "p4d", *argv])
+    from pipelines.cli import main
+
+    return main(argv)
+
+
+MLFLOW_EXPERIMENT = "portrait4d-v2-pipeline"
+
+
+def log_stage_run(
+    tracking_uri: str, stage: str, seconds: float, ok: int, failed: int, succeeded: bool, tags: dict[str, str]
+) -> str:
+    """One MLflow run per stage execution, tagged with the pipeline run: the pipeline run's metrics."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    with mlflow.start_run(run_name=stage, tags={"p4d.kind": "stage", "p4d.stage": stage, **tags}) as run:
+        mlflow.log_metrics({"seconds": seconds, "items_ok": ok, "items_failed": failed, "succeeded": float(succeeded)})
+        return run.info.run_id
+
+
+def run_stage(
+    stage_name: str,
+    argv: list[str],
+    params_text: str,
+    data_version: str,
+    nproc_per_node: int = 1,
+    sync_in: list[tuple[Path, str]] = (),
+    sync_out: list[tuple[Path, str]] = (),
+    pipeline_run: str = "",
+) -> int:
+    stage = STAGE_BY_NAME[stage_name]
+    started = time.monotonic()
+    os.environ["P4D_STAGE"] = stage_name
+    os.environ["P4D_DATA_VERSION"] = data_version  # tagged on MLflow runs (lineage)
+    with tempfile.TemporaryDirectory(prefix="p4d-params-") as tmp:
+        params = Path(tmp) / "params.yaml"
+        params.write_text(params_text)
+        argv = [str(params) if a == PARAMS_TOKEN else a for a in argv]
+        for local, uri in sync_in:
+            n = sync_down(uri, local)
+            print(f"p4d pipeline exec: {uri} -> {local} ({n} files)", flush=True)
+        rc = _launch(argv, nproc_per_node)
+    if rc == 0 and is_node_zero():
+        for local, uri in sync_out:
+            n = sync_up(local, uri)
+            print(f"p4d pipeline exec: {local} -> {uri} ({n} files)", flush=True)
+    seconds = time.monotonic() - started
+    ok = failed = 0
+    for path in output_paths(stage, argv).values():
+        if not path.startswith("s3://") and Path(path).is_dir():
+            o, f = count_items(path)
+            ok, failed = ok + o, failed + f
+    if is_node_zero():
+        metrics = StageMetrics(stage_name)
+        metrics.record(seconds, ok, failed, succeeded=rc == 0)
+        try:
+            metrics.push(grouping={"data_version": data_version})
+        except MetricsError as err:  # metrics never fail a finished stage
+            print(f"p4d pipeline exec: warning: {err}", file=sys.stderr)
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            try:
+                log_stage_run(os.environ["MLFLOW_TRACKING_URI"], stage_name, seconds, ok, failed, rc == 0,
+                              {"p4d.pipeline_run_id": pipeline_run, "p4d.data_version": data_version})
+            except Exception as err:  # an unreachable tracking server must not fail a finished stage
+                print(f"p4d pipeline exec: warning: MLflow {os.environ['MLFLOW_TRACKING_URI']}: {err}", file=sys.stderr)
+    print(f"p4d pipeline exec: {stage_name} exit {rc} in {seconds:.1f}s ({ok} ok, {failed} failed items)", flush=True)
+    return rc
