@@ -28,6 +28,7 @@ from model.networks.genhead import GenHeadConfig
 from model.networks.lpips import LPIPSConfig
 from model.networks.pdfgc import PDFGCConfig
 from model.networks.psi.config import PsiConfig
+from components.fit_flame.config import FitFlameConfig
 from components.synthesize.config import SynthesizeConfig
 
 PROFILES = ("tiny", "paper")
@@ -174,6 +175,7 @@ class P4DConfig(Strict):
     camera_mix_fitted_prob: float = Field(
         0.5, ge=0, le=1, description="probability of a fitted (real) camera instead of a sampled one"
     )
+    fit_flame: FitFlameConfig = FitFlameConfig()
     synthesize: SynthesizeConfig = SynthesizeConfig()
     psi3d: Psi3dSchedule = Psi3dSchedule()
     psi: PsiSchedule = PsiSchedule()
@@ -203,6 +205,7 @@ def _tiny() -> dict[str, Any]:
             "lpips": LPIPSConfig.tiny().model_dump(),
             "deformation": DeformationConfig.tiny().model_dump(),
         },
+        "fit_flame": FitFlameConfig.tiny().model_dump(),
         "synthesize": SynthesizeConfig.tiny().model_dump(),
         "psi3d": {
             "batch": 2,

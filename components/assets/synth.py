@@ -58,13 +58,24 @@ def _write_landmark_embeddings(root: Path, arrays: dict, seed: int) -> None:
         "full_lmk_bary_coords": full_bary[None],
     }
     np.save(root / spec("flame_landmarks").path, np.array(embedding, dtype=object), allow_pickle=True)
-    mp_faces, mp_bary = _faces_and_bary(rng, n_faces, MEDIAPIPE_EMBEDDED)
-    np.savez(
-        root / spec("mediapipe_embedding").path,
-        lmk_face_idx=mp_faces,
-        lmk_b_coords=mp_bary,
-        landmark_indices=np.sort(rng.choice(MEDIAPIPE_POINTS, size=MEDIAPIPE_EMBEDDED, replace=False)).astype(np.int64),
-    )
+    np.savez(root / spec("mediapipe_embedding").path, **_mediapipe_embedding(arrays))
+
+
+def _mediapipe_embedding(arrays: dict) -> dict[str, np.ndarray]:
+    """MediaPipe-to-FLAME embedding that fits real faces to the synthetic head.
+
+    Random triangles would make every real-photo fit miss fit_flame's reprojection limit; instead
+    MediaPipe's points on a public-domain photo (scikit-image's astronaut) are cast onto the head's
+    front, so the embedded landmarks sit where a face's landmarks sit.
+    """
+    from skimage.data import astronaut
+
+    from components.fit_flame.landmarks import FaceLandmarker
+    from components.fit_flame.synthetic import synthetic_mediapipe_embedding
+
+    with FaceLandmarker() as landmarker:
+        points = landmarker(astronaut()).points
+    return synthetic_mediapipe_embedding(arrays, points, n_landmarks=MEDIAPIPE_EMBEDDED)
 
 
 def _write_flame_parts(root: Path, arrays: dict) -> None:

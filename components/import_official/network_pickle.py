@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.io.hashing import file_sha256
 from components.import_official.errors import OfficialImportError
 from components.import_official.safe_pickle import (
     EasyDictData,
@@ -46,14 +47,6 @@ class OfficialPickle:
     networks: dict[str, NetworkRecord]
     training_set_kwargs: dict | None
     other: dict = field(default_factory=dict)  # remaining top-level entries, summarised as JSON
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_jsonable(value: Any, depth: int = 0) -> Any:

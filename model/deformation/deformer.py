@@ -44,9 +44,13 @@ class HeadDeformation:
             # Rows with zero neck pose reuse the neck-free mesh, so their field is exactly zero.
             still = (neck_pose == 0).all(-1)[:, None, None]
             posed = torch.where(still, no_neck, posed)
-            self.neck = NeckRotationField.from_meshes(
-                head.proxy_vertices(posed), head.proxy_vertices(no_neck), head.proxy_faces, self.cfg
-            )
+            if bool(still.all()):
+                # Synthesized data (neck pose zeroed) never needs the nearest-triangle tabulation.
+                self.neck = NeckRotationField.identity(posed.shape[0], self.cfg, posed)
+            else:
+                self.neck = NeckRotationField.from_meshes(
+                    head.proxy_vertices(posed), head.proxy_vertices(no_neck), head.proxy_faces, self.cfg
+                )
             self.posed = posed  # (B, V, 3) landmarks use it without the blink (official)
             self.posed_blink, self.part_target = posed, no_neck
             if eye_blink_expression is not None:

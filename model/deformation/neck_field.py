@@ -89,6 +89,13 @@ class NeckRotationField:
         (fine, fine_dist_sq), (coarse, _) = _tabulate(resolutions, target_verts, canonical_verts, faces, cfg)
         return cls(fine, fine_dist_sq, box_filter3d(coarse, cfg.smooth_passes), cfg)
 
+    @classmethod
+    def identity(cls, batch: int, cfg: DeformationConfig, like: torch.Tensor) -> "NeckRotationField":
+        """The field of heads with zero neck pose: every offset is zero, so lookups return coords unchanged."""
+        r, s = cfg.grid_resolution, cfg.smooth_grid_resolution
+        zeros = like.new_zeros
+        return cls(zeros(batch, 3, r, r, r), zeros(batch, 1, r, r, r), zeros(batch, 3, s, s, s), cfg)
+
     @property
     def batch_size(self) -> int:
         return self.fine_offsets.shape[0]

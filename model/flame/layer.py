@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -211,7 +212,8 @@ class FlameLayer(nn.Module):
                 chain.append(torch.cat([r_p @ r_j, r_p @ t_local + t_p], dim=2))
         affine = torch.stack(chain, dim=1)  # (B, 5, 3, 4)
         posed_joints = torch.einsum("bjxy,bjy->bjx", affine[..., :3], rest_joints) + affine[..., 3]
-        bottom = rotations.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(batch, N_JOINTS, 1, 4)
+        # built on the device, not copied from host memory, so the chain can be captured in a CUDA graph
+        bottom = F.pad(rotations.new_zeros(3), (0, 1), value=1.0).expand(batch, N_JOINTS, 1, 4)
         return posed_joints, torch.cat([affine, bottom], dim=2)
 
 

@@ -612,3 +612,15 @@ def test_flame_head_places_the_canonical_neck_joint_at_the_origin(head):
     torch.testing.assert_close(mesh.joints[0, 1], torch.zeros(3), atol=1e-6, rtol=0)
     raw = head.flame(zero["shape"], zero["expression"], jaw_pose=zero["jaw_pose"])
     torch.testing.assert_close(mesh.vertices, raw.vertices * 3 - raw.joints[:, 1:2] * 3, atol=1e-6, rtol=0)
+
+
+def test_zero_neck_pose_batch_skips_tabulation_and_is_identity():
+    import torch
+
+    from model.deformation import DeformationConfig
+    from model.deformation.neck_field import NeckRotationField
+
+    cfg = DeformationConfig.tiny()
+    field = NeckRotationField.identity(2, cfg, torch.zeros(1))
+    coords = torch.rand(2, 50, 3) - 0.5
+    assert torch.equal(field(coords), coords)
