@@ -21,23 +21,47 @@ def _manifest_rows(out_dir: Path) -> list[dict]:
 
 def crop_grid(out: Path, runs: list, target: Path, columns: int = 4) -> Path | None:
     """Tile the aligned crops of every manifest (fit_flame outputs) into one PNG."""
-    from PIL import Image
-
     crops = []
     for r in runs:
         for o in r.outputs:
             crops += [out / o / row["crop_path"] for row in _manifest_rows(out / o) if row.get("crop_path")]
     crops = [c for c in crops if c.exists()][:16]
-    if not crops:
+    return _tile(crops, target, columns)
+
+
+def _tile(paths_or_images: list, target: Path, columns: int) -> Path | None:
+    from PIL import Image
+
+    if not paths_or_images:
         return None
-    rows = (len(crops) + columns - 1) // columns
+    rows = (len(paths_or_images) + columns - 1) // columns
     grid = Image.new("RGB", (columns * GRID_TILE, rows * GRID_TILE), "white")
-    for i, path in enumerate(crops):
-        with Image.open(path) as im:
-            grid.paste(im.convert("RGB").resize((GRID_TILE, GRID_TILE)), ((i % columns) * GRID_TILE, (i // columns) * GRID_TILE))
+    for i, item in enumerate(paths_or_images):
+        im = Image.open(item) if isinstance(item, Path) else item
+        grid.paste(im.convert("RGB").resize((GRID_TILE, GRID_TILE)), ((i % columns) * GRID_TILE, (i // columns) * GRID_TILE))
+        im.close()
     target.parent.mkdir(parents=True, exist_ok=True)
     grid.save(target)
     return target
+
+
+def synthesized_grid(out: Path, runs: list, target: Path, limit: int = 8) -> Path | None:
+    """GenHead views from the first shards of a synthesize output: each identity's K views side by side."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    views = []
+    for r in runs:
+        for o in r.outputs:
+            for shard in sorted((out / o).glob("shards/*.tar")):
+                with tarfile.open(shard) as tar:
+                    for member in tar.getmembers():
+                        if member.name.endswith(".image.png") and len(views) < limit:
+                            views.append(Image.open(io.BytesIO(tar.extractfile(member).read())))
+    columns = max(1, min(4, len(views)))
+    return _tile(views, target, columns)
 
 
 def stage_images(out: Path, runs: list) -> list[Path]:
@@ -87,6 +111,7 @@ def write_report(
 ) -> Path:
     images = out / "report"
     grid = crop_grid(out, runs, images / "crops.png")
+    synth = synthesized_grid(out, runs, images / "synthesized.png")
     lines = [
         f"# Portrait4D-v2 pipeline run — `{profile}` profile",
         "",
@@ -102,6 +127,11 @@ def write_report(
                      + ", ".join(f"`{o}`" for o in r.outputs) + " |")
     if grid:
         lines += ["", "## Aligned crops (fit_flame)", "", f"![aligned crops]({grid.relative_to(out).as_posix()})"]
+    if synth:
+        lines += ["", "## GenHead pseudo multi-view samples (synthesize)", "",
+                  "Each identity's views are rendered from one latent and one set of FLAME conditions, at cameras "
+                  "from the paper's distribution mixed with fitted ones.", "",
+                  f"![synthesized views]({synth.relative_to(out).as_posix()})"]
     failures = [(r.name, row) for r in runs for o in r.outputs for row in _manifest_rows(out / o) if row.get("status") == "failed"]
     if failures:
         lines += ["", "## Items that failed (kept in the manifest with a reason)", "", "| stage | item | reason |", "|---|---|---|"]

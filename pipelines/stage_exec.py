@@ -32,7 +32,10 @@ def output_paths(stage: Stage, argv: list[str]) -> dict[str, str]:
 
 
 def count_items(out_dir: str | Path) -> tuple[int, int]:
-    """(ok, failed) rows of a stage manifest (``manifest.parquet`` in the output or its parts)."""
+    """(ok, failed) items of a stage output: rows of ``manifest.parquet`` (fit_flame), or rendered views
+    and skipped label rows of a shard dataset's ``index.json`` (synthesize), in the output or its parts."""
+    import json
+
     import pyarrow.parquet as pq
 
     from pipelines.gather import part_dirs
@@ -40,10 +43,15 @@ def count_items(out_dir: str | Path) -> tuple[int, int]:
     ok = failed = 0
     for part in part_dirs(out_dir):
         manifest = Path(part) / "manifest.parquet"
+        index = Path(part) / "index.json"
         if manifest.exists():
             status = pq.read_table(manifest, columns=["status"]).column("status").to_pylist()
             ok += sum(s == "ok" for s in status)
             failed += sum(s == "failed" for s in status)
+        elif index.exists():
+            data = json.loads(index.read_text())
+            ok += int(data.get("totals", {}).get("views", 0))
+            failed += sum(int(n) for n in data.get("labels", {}).get("skipped", {}).values())
     return ok, failed
 
 

@@ -110,3 +110,12 @@ def test_exec_command_syncs_inputs_first(tmp_path, capsys):
                "--sync-in", f"{local}={tmp_path / 'remote'}", "--",
                "config", "show", "--params", str(local / "params.yaml")])
     assert rc == 0 and "seed: 4" in capsys.readouterr().out
+
+
+def test_count_items_reads_a_shard_index(tmp_path):
+    import json
+
+    (tmp_path / "index.json").write_text(
+        json.dumps({"totals": {"views": 12}, "labels": {"skipped": {"non-finite values": 2, "wrong width": 1}}})
+    )
+    assert count_items(tmp_path) == (12, 3)
