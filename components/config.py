@@ -30,6 +30,7 @@ from model.networks.pdfgc import PDFGCConfig
 from model.networks.psi.config import PsiConfig
 from components.fit_flame.config import FitFlameConfig
 from components.synthesize.config import SynthesizeConfig
+from components.train.config import TrainConfig
 
 PROFILES = ("tiny", "paper")
 Profile = Literal["tiny", "paper"]
@@ -101,7 +102,8 @@ class LossWeights(Strict):
     adversarial: float = Field(0.01, ge=0, description="softplus adversarial loss weight")
     r1_gamma: float = Field(1.0, ge=0, description="R1 regularisation strength")
     depth: float = Field(1.0, ge=0, description="early depth term (Ψ_3d, first 1M images)")
-    triplane: float = Field(1.0, ge=0, description="early triplane-feature term L_T (Ψ_3d, first 1M images)")
+    # official loss_recon_v1.py: loss_recon_triplane * 0.1
+    triplane: float = Field(0.1, ge=0, description="early triplane-feature term L_T (Ψ_3d, first 1M images)")
 
 
 class DeepSpeedSection(Strict):
@@ -160,6 +162,12 @@ class NetworksSection(Strict):
         }
         if len(set(sizes.values())) != 1:
             raise ValueError(f"image resolutions must agree across networks, got {sizes}")
+        for name in ("psi3d", "psi"):
+            if getattr(self, name).motion_dim != self.pdfgc.motion_dim:
+                raise ValueError(
+                    f"networks.{name}.motion_dim ({getattr(self, name).motion_dim}) must equal the PD-FGC "
+                    f"embedding width networks.pdfgc.motion_dim ({self.pdfgc.motion_dim})"
+                )
         return self
 
     @property
@@ -177,6 +185,7 @@ class P4DConfig(Strict):
     )
     fit_flame: FitFlameConfig = FitFlameConfig()
     synthesize: SynthesizeConfig = SynthesizeConfig()
+    train: TrainConfig = TrainConfig()
     psi3d: Psi3dSchedule = Psi3dSchedule()
     psi: PsiSchedule = PsiSchedule()
     losses: LossWeights = LossWeights()
@@ -197,8 +206,9 @@ def _tiny() -> dict[str, Any]:
         "profile": "tiny",
         "networks": {
             "genhead": GenHeadConfig.tiny().model_dump(),
-            "psi3d": PsiConfig.tiny(static=True).model_dump(),
-            "psi": PsiConfig.tiny().model_dump(),
+            # Ψ consumes PD-FGC's motion embedding, so the tiny Ψ takes the tiny encoder's width
+            "psi3d": PsiConfig.tiny(static=True, motion_dim=PDFGCConfig.tiny().motion_dim).model_dump(),
+            "psi": PsiConfig.tiny(motion_dim=PDFGCConfig.tiny().motion_dim).model_dump(),
             "discriminator": DiscriminatorConfig.tiny().model_copy(update={"img_resolution": 64}).model_dump(),
             "pdfgc": PDFGCConfig.tiny().model_dump(),
             "arcface": ArcFaceConfig.tiny().model_dump(),
@@ -207,6 +217,7 @@ def _tiny() -> dict[str, Any]:
         },
         "fit_flame": FitFlameConfig.tiny().model_dump(),
         "synthesize": SynthesizeConfig.tiny().model_dump(),
+        "train": TrainConfig.tiny().model_dump(),
         "psi3d": {
             "batch": 2,
             "total_images": 48,

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "components.import_official.cli",
     "components.fit_flame.cli",
     "components.synthesize.cli",
+    "components.train.cli",
     "pipelines.pipeline_cli",
     "pipelines.main_job",
 ]

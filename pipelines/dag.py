@@ -136,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
         ("--data", "{multiview}", "--assets", "{assets}", "--out", "{psi3d}", "--params", "{params}", "--resume"),
         inputs=("multiview", "assets"),
         outputs=("psi3d",),
-        params=(*_TRAIN, "psi3d"),
+        params=(*_TRAIN, "psi3d", "synthesize"),  # synthesize: the online GenHead sampler
         description="static 3D synthesizer Ψ_3d on the pseudo multi-view data (DeepSpeed)",
         gpu=True,
         distributed=True,

@@ -1,0 +1,193 @@
+"""DeepSpeed glue: process group, the generated DeepSpeed config, and one engine each for G and D.
+
+The DeepSpeed JSON is a pure function of the typed config and the world size (``deepspeed_config``);
+it is written into the run folder and logged, never edited by hand. The global batch is the
+config's (32 in ``paper``) whatever the GPU count: micro-batch per GPU = batch / (world x accumulation).
+
+G and D each get an engine: both are trained with gradients all-reduced across ranks, and both have
+optimizer state worth partitioning with ZeRO. DeepSpeed hooks the outputs of ``engine(...)`` to scale
+gradients on backward, so everything that back-propagates through an engine's output must go through
+that engine's ``backward``. Hence the two wrappers below: D's loss, R1's ``autograd.grad`` included,
+is computed INSIDE the D engine's forward; and G's forward returns the render, whose losses (LPIPS,
+ArcFace, D as a fixed critic with ``requires_grad`` off) are back-propagated with G's ``backward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.errors import P4DError
+from model.losses import discriminator_adversarial_term, r1_term
+
+
+class DistributedSetupError(P4DError):
+    """The process group or the batch split cannot be set up; the message says which setting to change."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join (or, without torchrun, create a one-process) group: nccl on CUDA, gloo on CPU."""
+    import deepspeed
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "RANK" not in os.environ:  # plain `p4d train ...`: a world of one
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DistributedSetupError("--device cuda but no CUDA device is visible; use --device cpu")
+        dev = torch.device("cuda", local_rank if device == "cuda" else torch.device(device).index)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), dev)
+
+
+def micro_batch_per_gpu(global_batch: int, world_size: int, accumulation: int) -> int:
+    per_step = world_size * accumulation
+    if global_batch % per_step:
+        raise DistributedSetupError(
+            f"global batch {global_batch} is not divisible by world size {world_size} x gradient_accumulation_steps "
+            f"{accumulation}; change deepspeed.gradient_accumulation_steps or the number of processes"
+        )
+    return global_batch // per_step
+
+
+def deepspeed_config(section, global_batch: int, world_size: int, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed config dict of ``section`` (P4DConfig.deepspeed) for this world size and device.
+
+    bf16 is DeepSpeed's ``torch_autocast`` (fp32 master weights, bf16 matmuls / convolutions) rather
+    than its ``bf16`` mode (bf16 weights): the volume renderer's transmittance products and the
+    StyleGAN2 modulated convolutions stay accurate in fp32 weights. On CPU it is off (fp32).
+    """
+    if section.zero_stage == 3:
+        raise DistributedSetupError(
+            "deepspeed.zero_stage 3 is not supported by the GAN trainers: the discriminator runs as a fixed "
+            "critic inside the generator step and the EMA reads full weights; use 0, 1 or 2"
+        )
+    micro = micro_batch_per_gpu(global_batch, world_size, section.gradient_accumulation_steps)
+    bf16 = bool(section.bf16 and device_type == "cuda")
+    return {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": section.gradient_accumulation_steps,
+        "gradient_clipping": section.gradient_clipping,
+        "zero_optimization": {"stage": section.zero_stage},
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"} if bf16 else {"enabled": False},
+        "zero_allow_untested_optimizer": True,  # our Adam with per-group learning rates (motion layers)
+        "steps_per_print": 2**31 - 1,  # progress and metrics are ours
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+
+
+def autocast(ds_config: dict[str, Any], device: torch.device):
+    """The same precision outside the engines (losses, frozen networks) as DeepSpeed uses inside."""
+    if ds_config["torch_autocast"]["enabled"]:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_engine(module: nn.Module, param_groups: list[dict], ds_config: dict[str, Any], betas, eps: float):
+    """A DeepSpeed engine around ``module`` with our Adam over ``param_groups`` (each with its lr and name)."""
+    import deepspeed
+
+    groups = [g for g in param_groups if g["params"]]
+    optimizer = torch.optim.Adam(groups, betas=tuple(betas), eps=eps)
+    # DeepSpeed 0.19.8 broadcasts rank 0's weights at initialize by viewing each parameter as bytes,
+    # which raises for 0-dim parameters (StyleGAN2's `noise_strength`, kept 0-dim for the official
+    # key shapes). It skips parameters tagged `ds_optim_param`, so those few are tagged and broadcast here.
+    scalars = [p for p in module.parameters() if p.dim() == 0]
+    for p in scalars:
+        p.ds_optim_param = True
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    if torch.distributed.get_world_size() > 1:
+        for p in scalars:
+            torch.distributed.broadcast(p.data, src=0)
+    return engine
+
+
+def set_learning_rates(engine, rates: dict[str, float]) -> None:
+    for group in engine.optimizer.param_groups:
+        if group.get("name") in rates:
+            group["lr"] = rates[group["name"]]
+
+
+class GeneratorModule(nn.Module):
+    """G engine's module: Ψ only, so DeepSpeed sees exactly Ψ's parameters.
+
+    ``forward(run, *args)`` returns ``run(psi, *args)``: each stage passes the function that renders its
+    batch, and the engine still owns the forward (autocast, backward hooks).
+    """
+
+    def __init__(self, psi: nn.Module) -> None:
+        super().__init__()
+        self.psi = psi
+
+    def forward(self, run: Callable[..., dict[str, torch.Tensor]], *args) -> dict[str, torch.Tensor]:
+        return run(self.psi, *args)
+
+
+class DiscriminatorObjective(nn.Module):
+    """D engine's module: returns D's loss (softplus terms + lazy R1) for real and generated inputs.
+
+    Inputs are dicts with ``image``, ``image_raw``, ``uv``, ``seg``; ``r1_gain`` = 0 skips R1 (lazy
+    regularization runs it every N-th step with gain N, official D_reg_interval).
+    """
+
+    def __init__(self, discriminator: nn.Module, gammas: dict[str, float]) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+        self.gammas = gammas
+
+    def logits(self, x: dict[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(x["image"], c, x["image_raw"], x["uv"], x["seg"])
+
+    def forward(self, real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], c: torch.Tensor,
+                r1_gain: float) -> dict[str, torch.Tensor]:
+        fake_logits = self.logits({k: v.detach() for k, v in fake.items()}, c)
+        if r1_gain > 0:
+            real = {k: v.detach().requires_grad_(True) for k, v in real.items()}
+        real_logits = self.logits(real, c)
+        loss = discriminator_adversarial_term(real_logits, fake_logits)
+        r1 = loss.new_zeros(())
+        if r1_gain > 0:
+            with torch.autocast(real_logits.device.type, enabled=False):
+                r1 = r1_term(real_logits.float(), real, self.gammas)
+            loss = loss + r1 * r1_gain
+        return {
+            "loss": loss,
+            "r1": r1.detach(),
+            "real_score": real_logits.detach().mean(),
+            "fake_score": fake_logits.detach().mean(),
+        }
