@@ -151,31 +151,37 @@ def main(argv: list[str] | None = None) -> int:
     psi = Psi(cfg.networks.psi).to(args.device)
     disc = DualDiscriminator(cfg.networks.discriminator).to(args.device)
     lpips = LPIPS(cfg.networks.lpips).to(args.device).requires_grad_(False)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"\nΨ benchmark: profile {args.profile}, neural resolution {res}, device {device_name}, torch {torch.__version__}\n")
+    print("| what | dtype | batch | ms / call | images/s | TFLOP/s achieved | peak GiB |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     rows = []
+
+    def report(row: dict) -> None:
+        # printed as soon as measured, so a run stopped by a time limit still reports what it finished
+        rows.append(row)
+        tflops = row["flops"] / row["seconds"] / 1e12
+        print(f"| {row['what']} | {row['dtype']} | {row['batch']} | {row['seconds'] * 1e3:.1f} | "
+              f"{row['images_per_s']:.1f} | {tflops:.1f} | {row['peak_gib']:.2f} |", flush=True)
+
+    def peak() -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
+
     for dtype in args.dtypes.split(","):
         for batch in [int(b) for b in args.render_batches.split(",")]:
             psi.eval()
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             r = bench_render(psi, cfg, batch, dtype, args.device, args.iters, args.warmup, res)
-            mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
-            rows.append({"what": "Ψ render_frame (source cached)", "dtype": dtype, "batch": batch, **r, "peak_gib": mem})
+            report({"what": "Ψ render_frame (source cached)", "dtype": dtype, "batch": batch, **r, "peak_gib": peak()})
         psi.train()
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         r = bench_train_step(psi, disc, lpips, cfg, args.train_batch, dtype, args.device, args.iters, args.warmup, res)
-        mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
-        rows.append({"what": "Ψ train step (G + D, L1+LPIPS+adv+R1)", "dtype": dtype, "batch": args.train_batch, **r, "peak_gib": mem})
-
+        report({"what": "Ψ train step (G + D, L1+LPIPS+adv+R1)", "dtype": dtype, "batch": args.train_batch, **r,
+                "peak_gib": peak()})
     if args.trace:
         _trace_train_step(psi, disc, lpips, cfg, args.train_batch, args.device, res)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"\nΨ benchmark: profile {args.profile}, neural resolution {res}, device {device_name}, torch {torch.__version__}\n")
-    print("| what | dtype | batch | ms / call | images/s | TFLOP/s achieved | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        tflops = r["flops"] / r["seconds"] / 1e12
-        print(f"| {r['what']} | {r['dtype']} | {r['batch']} | {r['seconds'] * 1e3:.1f} | {r['images_per_s']:.1f} | {tflops:.1f} | {r['peak_gib']:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

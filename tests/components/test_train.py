@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from components.config import build_config
+from components.config import ConfigError, build_config
 from model.cameras import CameraDistribution, LabelLayout, sample_cameras
 
 MOTION_DIM = 100  # tiny PD-FGC motion size; Ψ's motion_dim must match it
@@ -294,8 +294,10 @@ def test_bad_inputs_fail_before_training_with_the_reason(tmp_path, world):
     cfg = build_config("tiny", TINY)
     with pytest.raises(TrainingDataError, match="no training data"):
         psi3d.run(cfg, None, tmp_path / "o", world["assets"])
-    with pytest.raises(WeightsError, match="motion_dim"):
-        psi.run(build_config("tiny"), world["clips"], tmp_path, tmp_path / "o", world["assets"])
+    with pytest.raises(ConfigError, match=r"networks.psi.motion_dim \(548\) must equal"):
+        build_config("tiny", {"networks": {"psi": {"motion_dim": 548}}})
+    with pytest.raises(WeightsError, match="no Ψ_3d weights"):
+        psi.run(cfg, world["clips"], tmp_path, tmp_path / "o", world["assets"])
     with pytest.raises(TrainingDataError, match="no manifest.parquet"):
         psi.run(cfg, tmp_path, tmp_path, tmp_path / "o", world["assets"])
     lonely = make_clips(tmp_path / "lonely", clips=2, frames=1)
