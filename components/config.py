@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.errors import P4DError
+from components.errors import ConfigError, P4DError  # noqa: F401  (ConfigError re-exported)
 from model.cameras import CameraDistribution
 from model.deformation import DeformationConfig
 from model.networks.arcface import ArcFaceConfig
@@ -29,6 +29,7 @@ from model.networks.lpips import LPIPSConfig
 from model.networks.pdfgc import PDFGCConfig
 from model.networks.psi.config import PsiConfig
 from components.fit_flame.config import FitFlameConfig
+from components.platform import PlatformConfig, tiny_overrides as platform_tiny_overrides
 from components.synthesize.config import SynthesizeConfig
 from components.train.config import TrainConfig
 
@@ -40,10 +41,6 @@ class Strict(BaseModel):
     """Base for every config section: unknown keys are errors and values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ConfigError(P4DError, ValueError):
-    """A configuration value is invalid; the message names the field, the value and what is allowed."""
 
 
 class Psi3dSchedule(Strict):
@@ -194,6 +191,7 @@ class P4DConfig(Strict):
     storage: StorageSection = StorageSection()
     tracking: TrackingSection = TrackingSection()
     metrics: MetricsSection = MetricsSection()
+    platform: PlatformConfig = PlatformConfig()
 
 
 def _paper() -> dict[str, Any]:
@@ -237,6 +235,7 @@ def _tiny() -> dict[str, Any]:
             "frames_per_clip": 4,
         },
         "deepspeed": {"zero_stage": 0, "bf16": False},
+        "platform": platform_tiny_overrides(),
         "checkpoints": {"every_images": 16, "keep_last": 2, "ema_half_life_images": 8},
     }
 

@@ -5,3 +5,7 @@ class P4DError(Exception):
     """Base class for expected, user-facing failures. The message says what is wrong and what to do."""
 
     exit_code = 2
+
+
+class ConfigError(P4DError, ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
