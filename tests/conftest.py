@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def s3_server() -> Iterator[str]:
     Tests point boto3 at it with the env vars AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION (dummy credentials; moto accepts any).
     """
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    exe = str(Path(sys.executable).with_name("moto_server"))  # this environment's, not a PATH shim
     if not Path(exe).exists():
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
     port = _free_port()
