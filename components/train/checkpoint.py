@@ -14,6 +14,8 @@ Every rank writes its shards into the temporary folder; after a barrier rank 0 w
 fsyncs and renames the folder into place (atomic on one filesystem), so a kill at any moment leaves
 either the previous checkpoints or the new one, never a half-written one under a visible name.
 Multi-node runs need ``OUT`` on storage every node mounts (a ReadWriteMany volume).
+A checkpoint resumes on another number of processes too: ZeRO-1/2 optimizer partitions are
+re-cut for the new world (``load_zero_regrouped``) and every rank takes rank 0's data position.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ STATE_FILE = "trainer.json"
 
 
 class CheckpointError(P4DError):
-    """A checkpoint cannot be resumed (written by another world size, stage or config); says what to do."""
+    """A checkpoint cannot be resumed (another stage or config, unreadable shards); says what to do."""
 
 
 @dataclass
@@ -175,7 +177,8 @@ class Checkpoints:
         state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
         if state.stage != expect.stage:
             raise CheckpointError(f"{path} is a {state.stage!r} checkpoint, not {expect.stage!r}; use another --out")
-        if state.world_size != expect.world_size:
+        regrouped = state.world_size != expect.world_size
+        if regrouped and not (_reshardable(g_engine) and _reshardable(d_engine)):
             raise CheckpointError(
                 f"{path} was written by {state.world_size} processes and this run has {expect.world_size}; "
                 f"resume with {state.world_size} processes (ZeRO shards and data positions are per rank)"
@@ -185,11 +188,86 @@ class Checkpoints:
                 f"{path} was written with a different configuration (digest {state.config_sha256[:12]} vs "
                 f"{expect.config_sha256[:12]}); resume with the same params, or start a new --out"
             )
-        g_engine.load_checkpoint(str(path), tag="generator", load_lr_scheduler_states=False)
-        d_engine.load_checkpoint(str(path), tag="discriminator", load_lr_scheduler_states=False)
+        for engine, tag in ((g_engine, "generator"), (d_engine, "discriminator")):
+            if regrouped and engine.zero_optimization_stage() > 0:
+                load_zero_regrouped(engine, path / tag)
+            else:  # same world, or ZeRO-0 (the whole optimizer is in the model-states file)
+                engine.load_checkpoint(str(path), tag=tag, load_lr_scheduler_states=False)
         ema.load_state_dict(safetensors.torch.load_file(str(path / EMA_FILE), device=str(_device_of(ema))))
-        rank_state = torch.load(path / f"rank-{self.rank:05d}.pt", weights_only=True)
+        # Another world size: a rank the old run had keeps its RNG; a new one takes rank 0's. Every rank
+        # takes rank 0's data position (see ``regroup_rank_state``).
+        own = path / f"rank-{self.rank:05d}.pt"
+        rank_state = torch.load(own if own.is_file() else path / "rank-00000.pt", weights_only=True)
+        if regrouped:
+            rank_state = regroup_rank_state(rank_state, torch.load(path / "rank-00000.pt", weights_only=True))
         return state, rank_state
+
+
+def _reshardable(engine) -> bool:
+    return hasattr(engine, "zero_optimization_stage") and hasattr(engine, "optimizer")
+
+
+def regroup_rank_state(own: dict, rank0: dict) -> dict:
+    """The data position for a run resumed with another process count: rank 0's, on every rank.
+
+    The global batch is fixed in images and micro-batch = batch / (world x accumulation), so every rank
+    takes the same number of micro-batches per iteration whatever the world size: a position counted in
+    micro-batches (ShardStream's (epoch, taken), OnlineStream's draws, ClipPairStream's position) means
+    "this many iterations into the data" on any rank of any world. OnlineStream's identities continue
+    exactly (ids = (drawn x world + rank) x micro); the stored shards are re-partitioned over the new
+    ranks, so the resumed epoch visits the new partition from the same step on (its first ``taken``
+    micro-batches are skipped) and later epochs visit every identity once, as before.
+    """
+    return {**own, "data": rank0["data"]}
+
+
+def load_zero_regrouped(engine, folder: Path) -> None:
+    """Load a ZeRO-1/2 engine checkpoint written by another number of processes into ``engine``.
+
+    DeepSpeed 0.19.8 refuses that (its only route, a universal checkpoint made by ``ds_to_universal``,
+    fails on our 0-dim parameters: ``torch.cat`` of zero-dimensional slices). ZeRO-1/2 keeps, per
+    parameter group, one flat fp32 vector (the group's parameters in order, zero padding at the end)
+    cut into equal contiguous partitions, one per rank, with Adam's ``exp_avg`` / ``exp_avg_sq`` laid
+    out the same way. So the old partitions are concatenated, the padding dropped, and this rank's
+    partition of the new layout cut out of it: exact master weights and moments, in any world size.
+    """
+    zero = engine.optimizer
+    model_states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    files = sorted(folder.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"),
+                   key=lambda f: int(f.name.split("_")[3]))
+    if len(files) != model_states["dp_world_size"]:
+        raise CheckpointError(f"{folder}: {len(files)} ZeRO shards for a world of {model_states['dp_world_size']}")
+    shards = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    engine.load_checkpoint(str(folder.parent), tag=folder.name, load_module_only=True)  # the weights, any world
+    shapes = model_states["param_shapes"]
+    if len(shapes) != len(zero.single_partition_of_fp32_groups):
+        raise CheckpointError(f"{folder}: {len(shapes)} parameter groups saved, this model has "
+                              f"{len(zero.single_partition_of_fp32_groups)}")
+    rank = torch.distributed.get_rank(group=zero.dp_process_group)
+    for i, master in enumerate(zero.single_partition_of_fp32_groups):
+        numel = sum(int(np.prod(s)) for s in shapes[i].values())
+        size = int(zero.partition_size[i])
+
+        def part(tensors: list[torch.Tensor]) -> torch.Tensor:
+            flat = torch.cat([t.reshape(-1).to("cpu", torch.float32) for t in tensors])[:numel]
+            padded = torch.zeros(size * _world(zero))  # this world's padding
+            padded[:numel] = flat
+            return padded[rank * size:(rank + 1) * size].to(master.device, master.dtype)
+
+        master.data.copy_(part([s["single_partition_of_fp32_groups"][i] for s in shards]))
+        moments = [s["base_optimizer_state"]["state"].get(i) for s in shards]
+        if all(m is not None for m in moments):
+            zero.optimizer.state[master] = {
+                "step": moments[0]["step"].clone(),
+                **{k: part([m[k] for m in moments]) for k in ("exp_avg", "exp_avg_sq")},
+            }
+    zero._lazy_init_hp_params_optimizer_state()  # link the new state to the parameters' fragments (safe_get_*)
+    for key in ("global_steps", "global_samples", "skipped_steps"):
+        setattr(engine, key, model_states[key])
+
+
+def _world(zero) -> int:
+    return torch.distributed.get_world_size(group=zero.dp_process_group)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -302,6 +302,7 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
                               "continue that run, or choose a new --out")
     if resumed_from is not None:
         state, rank_state = checkpoints.load(resumed_from, g_engine, d_engine, ema, state)
+        state.world_size = dist.world_size  # another process count is fine: checkpoints.load re-partitions
         set_rng_state(rank_state["rng"])
         task.data.load_state_dict(rank_state["data"])
     history: dict[str, list[tuple[int, float]]] = {}
