@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.errors import ConfigError, P4DError  # noqa: F401  (ConfigError re-exported)
+from components.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from model.cameras import CameraDistribution
 from model.deformation import DeformationConfig
 from model.networks.arcface import ArcFaceConfig

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from components.errors import P4DError
-from pipelines.platform_config import PlatformConfig, StageResources
+from components.platform import PlatformConfig, StageResources
 
 RUN_VALUES = ("params", "device", "seed", "identities")
 PARAMS_TOKEN = "{params}"  # on Kubeflow, `p4d pipeline exec` replaces this argv element with the params file

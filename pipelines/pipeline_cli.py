@@ -145,9 +145,9 @@ def _stages(all_stages: bool):
 
 def _platform(cfg: P4DConfig, nodes: int | None):
     from pipelines.dag import STAGES
-    from pipelines.platform_config import PlatformConfig, platform_for
+    from components.platform import PlatformConfig
 
-    platform = platform_for(cfg)
+    platform = cfg.platform
     if nodes is None:
         return platform
     data = platform.model_dump()
@@ -180,7 +180,6 @@ def _arguments(args: argparse.Namespace, params_text: str) -> dict:
 
 def _submit(args: argparse.Namespace) -> int:
     from pipelines.kubeflow.client import check_reachable, submit
-    from pipelines.platform_config import platform_for
 
     cfg, text = _config(args)
     check_reachable(args.host)
@@ -188,14 +187,13 @@ def _submit(args: argparse.Namespace) -> int:
         package = compile_to(cfg, text, Path(tmp) / "pipeline.yaml")
         name = args.run_name or f"p4d-{cfg.profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         run_id = submit(args.host, package, _arguments(args, text), args.experiment or cfg.tracking.experiment, name,
-                        platform_for(cfg).pytorchjob.service_account)
+                        cfg.platform.pytorchjob.service_account)
     print(f"submitted run {run_id} ({name}) to {args.host}")
     return 0
 
 
 def _schedule(args: argparse.Namespace) -> int:
     from pipelines.kubeflow.client import check_reachable, kfp_cron, schedule
-    from pipelines.platform_config import platform_for
 
     cron = kfp_cron(args.cron)
     cfg, text = _config(args)
@@ -204,7 +202,7 @@ def _schedule(args: argparse.Namespace) -> int:
         package = compile_to(cfg, text, Path(tmp) / "pipeline.yaml")
         name = args.name or f"p4d-retraining-{cfg.profile}"
         job_id = schedule(args.host, package, _arguments(args, text), args.experiment or cfg.tracking.experiment,
-                          name, cron, platform_for(cfg).pytorchjob.service_account)
+                          name, cron, cfg.platform.pytorchjob.service_account)
     print(f"scheduled {name} ({job_id}) on {args.host} at cron '{cron}'")
     return 0
 
@@ -212,10 +210,9 @@ def _schedule(args: argparse.Namespace) -> int:
 def _dvc(args: argparse.Namespace) -> int:
     from pipelines.dag import resolve, select
     from pipelines.dvc_gen import dvc_yaml_text, render_dvc, write_dvc
-    from pipelines.platform_config import platform_for
 
     cfg = load_params(args.root / "params.yaml")
-    stages = resolve(select(), platform_for(cfg))
+    stages = resolve(select(), cfg.platform)
     target = args.root / "dvc.yaml"
     if args.check:
         expected = dvc_yaml_text(render_dvc(stages))
@@ -276,7 +273,7 @@ def _nothing_to_do(args: argparse.Namespace) -> int:
 def _pytorchjob(args: argparse.Namespace) -> int:
     from pipelines.dag import STAGE_BY_NAME, resolve
     from pipelines.kubeflow.pytorchjob import job_name, launch_and_wait, pod_args, render_pytorchjob
-    from pipelines.platform_config import PlatformConfig
+    from components.platform import PlatformConfig
 
     platform = PlatformConfig.model_validate_json(args.platform_json)
     [rs] = resolve([STAGE_BY_NAME[args.stage]], platform)

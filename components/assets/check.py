@@ -109,8 +109,10 @@ def _check_mediapipe_embedding(path: Path, bundle: BundleInfo) -> str:
         raise ValueError(
             f"shapes {data['lmk_b_coords'].shape} / {data['landmark_indices'].shape} do not match {n} landmarks"
         )
-    if data["landmark_indices"].max(initial=0) >= 478:
-        raise ValueError("landmark_indices point past the 478 MediaPipe face-mesh points")
+    from components.fit_flame.landmarks import N_MESH_POINTS
+
+    if data["landmark_indices"].max(initial=0) >= N_MESH_POINTS:
+        raise ValueError(f"landmark_indices point past the {N_MESH_POINTS} MediaPipe face-mesh points")
     return f"{n} MediaPipe-to-FLAME landmarks"
 
 

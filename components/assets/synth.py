@@ -22,7 +22,6 @@ import numpy as np
 from components.assets.check import AssetError, read_bundle_info
 from components.assets.manifest import ASSETS, BUNDLE_METADATA, spec
 
-MEDIAPIPE_POINTS = 478
 MEDIAPIPE_EMBEDDED = 105  # MICA's MediaPipe-to-FLAME embedding has 105 points
 FLAME_LANDMARKS = 68
 

@@ -12,6 +12,7 @@ import torch
 
 from components.assets.manifest import BUNDLE_METADATA, spec
 from components.errors import P4DError
+from components.fit_flame.landmarks import N_MESH_POINTS
 from model.flame import FlameFileError, LandmarkEmbedding, load_flame_pickle, load_landmark_embeddings
 from model.networks.pdfgc import PDFGCConfig, PDFGCMotionEncoder
 
@@ -53,8 +54,8 @@ def load_assets(assets_dir: Path) -> FitAssets:
         embedding = load_landmark_embeddings(embedding_path)["mediapipe"]
     except (FlameFileError, OSError, ValueError, KeyError) as err:
         raise AssetError(f"cannot read FLAME assets: {err}") from None
-    if embedding.landmark_indices is None or int(embedding.landmark_indices.max()) >= 478:
-        raise AssetError(f"{embedding_path}: landmark_indices must index the 478 MediaPipe points")
+    if embedding.landmark_indices is None or int(embedding.landmark_indices.max()) >= N_MESH_POINTS:
+        raise AssetError(f"{embedding_path}: landmark_indices must index the {N_MESH_POINTS} MediaPipe points")
     n_faces = len(arrays["f"])
     if int(embedding.face_idx.max()) >= n_faces:
         raise AssetError(f"{embedding_path}: face indices exceed the FLAME model's {n_faces} triangles")

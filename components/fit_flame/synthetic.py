@@ -8,11 +8,14 @@ landmark.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from components.fit_flame.landmarks import MESH_TO_IBUG68
+
+if TYPE_CHECKING:
+    import torch
 
 # MediaPipe face-oval points (the silhouette ring), a useful complement to the 68 iBUG points.
 _FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

@@ -38,7 +38,7 @@ from components.synthesize.shards import (
     tar_bytes,
     view_key,
 )
-from model.deformation import DeformationConfig, FlameHead
+from model.deformation import FlameHead
 from model.networks.genhead import GenHead
 
 REQUIRED_ASSETS = ["genhead", "flame_model"]

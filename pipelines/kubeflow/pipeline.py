@@ -24,7 +24,7 @@ from components.config import P4DConfig
 from pipelines.dag import DATA, DagError, ResolvedStage, Stage, producers, resolve, select, topological_order
 from pipelines.kubeflow import components as comps
 from pipelines.kubeflow.task_config import configure_control, configure_stage
-from pipelines.platform_config import PlatformConfig, platform_for
+from components.platform import PlatformConfig
 
 PIPELINE_NAME = "portrait4d-v2-retraining"
 
@@ -70,7 +70,7 @@ def build_pipeline(
     params_text: str | None = None,
 ):
     """The pipeline function (a KFP GraphComponent) for ``cfg``'s profile and the given/available stages."""
-    platform = platform or platform_for(cfg)
+    platform = platform or cfg.platform
     stages = topological_order(select() if stages is None else stages)
     resolved = {rs.name: rs for rs in resolve(stages, platform)}
     sources = _sources(stages)

@@ -16,7 +16,7 @@ from typing import Any
 from components.errors import P4DError
 from pipelines.dag import PARAMS_TOKEN, ResolvedStage, kfp_task_name
 from pipelines.kubeflow.task_config import SHM_VOLUME
-from pipelines.platform_config import PlatformConfig
+from components.platform import PlatformConfig
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 WORKDIR = "/p4d/work"

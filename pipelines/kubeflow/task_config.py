@@ -11,7 +11,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from pipelines.dag import ResolvedStage
-from pipelines.platform_config import Endpoints, GpuNodePool, PlatformConfig, SecretRefs, StageResources
+from components.platform import Endpoints, GpuNodePool, PlatformConfig, SecretRefs, StageResources
 
 SHM_VOLUME = "dshm"
 

@@ -102,10 +102,8 @@ def test_dvc_and_kubeflow_have_the_same_stages_and_edges(tmp_path, which):
 def test_committed_dvc_yaml_is_generated_from_the_dag(tmp_path):
     from components.config import load_params
     from pipelines.dvc_gen import missing_params_keys, params_keys
-    from pipelines.platform_config import platform_for
-
     cfg = load_params(REPO / "params.yaml")
-    stages = dag.resolve(dag.select(), platform_for(cfg))
+    stages = dag.resolve(dag.select(), cfg.platform)
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml_text(render_dvc(stages)), "run `p4d pipeline dvc`"
     assert missing_params_keys(REPO / "params.yaml", params_keys(stages)) == []
 

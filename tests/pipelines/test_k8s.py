@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.platform_config import PlatformConfig
+from components.platform import PlatformConfig
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
