@@ -33,6 +33,7 @@ class LabelConditions:
     deform_fn: HeadDeformation | None  # neck rotation field; None = identity
     uv: torch.Tensor  # (B, 3, h, h) correspondence map
     landmarks: torch.Tensor  # (B, 70, 2) pixels of the full image, +y down
+    vertices: torch.Tensor  # (B, V, 3) posed FLAME vertices (camera-independent, like deform_fn)
 
 
 def flame_params(label: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,12 +82,15 @@ class FlameConditioner:
 
     @torch.no_grad()
     def __call__(self, label: torch.Tensor, shape: torch.Tensor | None = None, neck: bool = True,
-                 camera: torch.Tensor | None = None) -> LabelConditions:
+                 camera: torch.Tensor | None = None, same_head: LabelConditions | None = None) -> LabelConditions:
         """Conditions of (B, 437) labels; ``shape`` (B, 300) replaces the label's shape (Ψ: the source identity).
 
         ``camera`` (B, 25): render from this camera as is (the official random-view renders) instead
         of splitting the neck rotation off the label's composed camera. ``neck=False`` drops the neck
         rotation (official G_fix_img regularisation renders heads without it).
+        ``same_head``: conditions computed earlier for the same label, shape and ``neck``; its mesh and neck
+        field (which do not depend on the camera) are reused, so only the camera-dependent parts are redone
+        (the neck field's nearest-triangle tabulation is the costly part of a conditioner call).
         """
         p = flame_params(label.float())
         if shape is not None:
@@ -96,7 +100,11 @@ class FlameConditioner:
         c = label[:, LabelLayout.CAMERA].float()
         has_neck = bool((p["neck_pose"] != 0).any())
         deformation = None
-        if has_neck:  # the neck rotation field is only built when some head turns on its neck
+        if same_head is not None:
+            if same_head.vertices.shape[0] != label.shape[0]:
+                raise ValueError(f"same_head holds {same_head.vertices.shape[0]} heads, the label {label.shape[0]}")
+            deformation, vertices = same_head.deform_fn, same_head.vertices
+        elif has_neck:  # the neck rotation field is only built when some head turns on its neck
             deformation = HeadDeformation(self.head, p["shape"], p["expression"], p["neck_pose"], p["jaw_pose"],
                                           p["eye_pose"])
             vertices = deformation.posed
@@ -114,6 +122,7 @@ class FlameConditioner:
             deform_fn=deformation,
             uv=render_correspondence(self.head, vertices, c_render, self.uv_resolution).image,
             landmarks=with_eye_centres(project_landmarks(self.head, vertices, c_render, self.image_resolution)),
+            vertices=vertices,
         )
 
     @torch.no_grad()

@@ -85,11 +85,12 @@ class PsiTask(StageTask):
         b, prob = batch.size, self.cfg.psi.mot_aug_prob
         with self.amp():
             source = self.teacher.encode_source(batch.driving_image)
-            seg = self.teacher.render_frame(source, None, cond.c_render, r, cond.deform_fn, generator=generator)["seg"]
+            seg = self.teacher.render_frame(source, None, cond.c_render, r, cond.deform_fn, generator=generator,
+                                            super_resolve=False)["seg"]  # seg is neural-resolution: no SR needed
             motion = batch.driving_motion
             if prob > 0:
                 c_aug = self._cameras(b, generator, 11)
-                aug = self.conditioner(batch.driving_label, shape=shape, camera=c_aug)
+                aug = self.conditioner(batch.driving_label, shape=shape, camera=c_aug, same_head=cond)
                 image = self.teacher.render_frame(source, None, c_aug, r, aug.deform_fn, generator=generator)["image"]
                 motion_aug = self.pdfgc.motion_embedding(image.float(), aug.landmarks).float()
                 cpu = torch.Generator().manual_seed(generator.initial_seed() + 12)

@@ -41,6 +41,23 @@ def test_a_neck_pose_moves_into_the_deformation_and_the_camera(conditioner):
     assert torch.equal(given.c_render, camera) and given.deform_fn is not None
 
 
+def test_same_head_reuses_the_mesh_and_field_and_redoes_the_camera_parts(conditioner):
+    labels = torch.from_numpy(fitted_labels(2, neck=0.2))
+    shape = torch.from_numpy(fitted_labels(2, seed=9))[:, LabelLayout.SHAPE]
+    camera = torch.from_numpy(fitted_labels(2, seed=5))[:, LabelLayout.CAMERA]
+    first = conditioner(labels, shape=shape)
+    fresh = conditioner(labels, shape=shape, camera=camera)
+    reused = conditioner(labels, shape=shape, camera=camera, same_head=first)
+    assert reused.deform_fn is first.deform_fn  # no second nearest-triangle tabulation
+    for name in ("c_render", "uv", "landmarks", "vertices"):
+        assert torch.equal(getattr(reused, name), getattr(fresh, name)), name
+    assert not torch.equal(reused.landmarks, first.landmarks)  # the camera-dependent parts were redone
+    points = torch.rand(2, 10, 3) * 0.4 - 0.2
+    assert torch.equal(reused.deform_fn(points), fresh.deform_fn(points))
+    with pytest.raises(ValueError, match="same_head holds 2 heads"):
+        conditioner(labels[:1], camera=camera[:1], same_head=first)
+
+
 def test_source_shape_replaces_the_driving_shape(conditioner):
     labels = torch.from_numpy(fitted_labels(2))
     other = torch.from_numpy(fitted_labels(2, seed=9))[:, LabelLayout.SHAPE]

@@ -208,6 +208,18 @@ def test_deform_fn_moves_the_sample_points():
     assert not torch.equal(plain["image_raw"], moved["image_raw"])
 
 
+def test_render_without_super_resolution_keeps_the_neural_outputs():
+    model = _model(rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8, perturb=False))
+    image, source_motion, motion, c = _inputs()
+    with torch.no_grad():
+        source = model.encode_source(image, source_motion)
+        full = model.render_frame(source, motion, c)
+        neural = model.render_frame(source, motion, c, super_resolve=False)
+    assert "image" in full and "image" not in neural
+    for key in ("seg", "image_raw", "image_depth", "T_bg"):
+        torch.testing.assert_close(neural[key], full[key], rtol=0, atol=0)
+
+
 def test_sample_points_queries_the_triplane_field():
     model = _model()
     image, source_motion, motion, c = _inputs()

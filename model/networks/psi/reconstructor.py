@@ -174,6 +174,7 @@ class Psi(nn.Module):
         deform_fn: DeformFn | None = None,
         box_warp_scale: float | torch.Tensor = 1.0,
         generator: torch.Generator | None = None,
+        super_resolve: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Render the source with driving ``motion`` (B, motion_dim; ignored when static) from camera c (B, 25).
 
@@ -182,7 +183,8 @@ class Psi(nn.Module):
           image_raw_wobg [image_wobg]; image_feature / image_feature_wobg (B,C,r,r);
           image_depth (B,1,r,r); T_bg (B,1,r,r) transmittance to the background; seg = 1 - 2 T_bg;
           planes (B,3,C,S/2,S/2); with a background also background_feature (B,C,r,r) and rgb_bg (B,3,r,r).
-        Images are in [-1, 1]; r = neural_rendering_resolution.
+        Images are in [-1, 1]; r = neural_rendering_resolution. ``super_resolve=False`` leaves ``image`` out
+        (callers that need only the neural-resolution outputs, e.g. a segmentation target, skip the SR network).
         """
         cfg = self.cfg
         b = source.batch_size
@@ -216,8 +218,9 @@ class Psi(nn.Module):
         features = 2 * features - 1
         features_wobg = 2 * features_wobg - 1
         ws = self.w_avg.reshape(1, 1, -1).expand(b, 1, -1)
+        if super_resolve:
+            result["image"] = self.superresolution(features[:, :3], features, ws)
         result.update(
-            image=self.superresolution(features[:, :3], features, ws),
             image_raw=features[:, :3],
             image_raw_wobg=features_wobg[:, :3],
             image_feature=features,
