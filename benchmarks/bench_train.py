@@ -134,13 +134,47 @@ def build_task(stage: str, cfg, train_cfg: TrainConfig, micro: int, device: torc
                    arcface, conditioner, stream, stream, device)
 
 
+def _annotate(obj, name: str, label: str) -> None:
+    """Wrap ``obj.name`` in a profiler range (instance attribute; nn.Module.__call__ finds ``forward`` there)."""
+    original = getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return original(*args, **kwargs)
+
+    setattr(obj, name, wrapped)
+
+
+def print_profile(stage: str, task, engines, step, iters: int, device: torch.device) -> None:
+    """Where an iteration's time goes: the loop's phases as ranges plus the top kernels, over ``iters`` iterations."""
+    for obj, name, label in ((task, "generator_micro_step", "G micro-step: forward + losses"),
+                             (task, "_teacher_targets", "Ψ_3d teacher targets (no grad)"),
+                             (task, "reconstruction_step", "G losses"),
+                             (engines.generator, "backward", "G backward"), (engines.generator, "step", "G optimizer"),
+                             (engines.discriminator, "forward", "D forward (+R1 when due)"),
+                             (engines.discriminator, "backward", "D backward"),
+                             (engines.discriminator, "step", "D optimizer")):
+        if hasattr(obj, name):
+            _annotate(obj, name, label)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(iters):
+            step(i)
+        _sync(device)
+    key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"\n{stage}: profile of {iters} iterations (totals over all of them)", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70), flush=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def bench(stage: str, cfg, train_cfg: TrainConfig, dist, images_seen: int, iters: int, warmup: int,
-          flop_iters: int) -> dict:
+          flop_iters: int, max_seconds: float = 0.0, profile_iters: int = 0) -> dict:
     batch = cfg.psi3d.batch if stage == "psi3d" else cfg.psi.batch
     micro = batch // (dist.world_size * cfg.deepspeed.gradient_accumulation_steps)
     task = build_task(stage, cfg, train_cfg, micro, dist.device)
@@ -157,15 +191,26 @@ def bench(stage: str, cfg, train_cfg: TrainConfig, dist, images_seen: int, iters
     if dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist.device)
     start = time.perf_counter()
+    losses, done = [], 0
     for i in range(iters):
         terms = step(i)
+        losses.append(float(terms["G/total"]))  # a host sync per iteration, as the trainer's logging does
+        done = i + 1
+        elapsed = time.perf_counter() - start
+        if dist.is_main and done % 25 == 0:
+            print(f"  {stage}: {done}/{iters} iterations, {elapsed / done:.3f} s/iteration, "
+                  f"G/total {np.mean(losses[-25:]):.4f} (mean of the last 25)", flush=True)
+        if max_seconds and elapsed > max_seconds:
+            break
     _sync(dist.device)
-    seconds = (time.perf_counter() - start) / iters
+    seconds = (time.perf_counter() - start) / done
     peak = torch.cuda.max_memory_allocated(dist.device) if dist.device.type == "cuda" else 0
     with CountFlops() as counter:
         for i in range(flop_iters):
             step(i)
     flops = counter.total / flop_iters
+    if profile_iters and dist.is_main:
+        print_profile(stage, task, engines, step, profile_iters, dist.device)
     return {
         "stage": stage, "profile": cfg.profile, "world_size": dist.world_size, "global_batch": batch,
         "micro_batch_per_gpu": micro, "neural_rendering_resolution": sched.neural_rendering_resolution,
@@ -173,7 +218,8 @@ def bench(stage: str, cfg, train_cfg: TrainConfig, dist, images_seen: int, iters
         else "fp32", "zero_stage": cfg.deepspeed.zero_stage, "seconds_per_iteration": seconds,
         "images_per_s": batch / seconds, "images_per_s_per_gpu": batch / seconds / dist.world_size,
         "peak_memory_gb": peak / 2**30, "tflop_per_iteration": flops / 1e12,
-        "achieved_tflops_per_gpu": flops / seconds / 1e12, "loss_total": float(terms["G/total"]),
+        "achieved_tflops_per_gpu": flops / seconds / 1e12, "iterations": done,
+        "loss_first_25": float(np.mean(losses[:25])), "loss_last_25": float(np.mean(losses[-25:])),
     }
 
 
@@ -185,9 +231,13 @@ def main() -> None:
     parser.add_argument("--batch-per-gpu", type=int, default=4, help="micro-batch per GPU (global = this x GPUs)")
     parser.add_argument("--iters", type=int, default=200, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop the timed loop after this long (0: run all --iters); the row says how many ran")
     parser.add_argument("--flop-iters", type=int, default=0, help="iterations under the FLOP counter (0: r1_every)")
     parser.add_argument("--psi3d-images-seen", type=int, default=2_000_000, help="Ψ_3d schedule phase to time")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--profile-iters", type=int, default=0,
+                        help="after timing, profile this many iterations and print where the time goes")
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=None)
     args = parser.parse_args()
 
@@ -208,7 +258,8 @@ def main() -> None:
     rows = []
     for stage in stages:
         seen = args.psi3d_images_seen if stage == "psi3d" else 0
-        row = bench(stage, cfg, train_cfg, dist, seen, args.iters, args.warmup, flop_iters)
+        row = bench(stage, cfg, train_cfg, dist, seen, args.iters, args.warmup, flop_iters, args.max_seconds,
+                    args.profile_iters)
         rows.append(row)
         gc.collect()  # the first stage's networks and engines go before the second stage's are built
         if dist.device.type == "cuda":
@@ -216,13 +267,14 @@ def main() -> None:
         if dist.is_main:
             print(json.dumps(row), flush=True)
     if dist.is_main:
-        print("\n| stage | GPUs | batch/GPU | res | precision | img/s | img/s/GPU | s/iter | peak GB | TFLOP/iter | TFLOP/s/GPU |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n| stage | GPUs | batch/GPU | res | precision | iters | img/s | img/s/GPU | s/iter | peak GB | TFLOP/iter "
+              "| TFLOP/s/GPU | G/total first→last 25 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['stage']} | {r['world_size']} | {r['micro_batch_per_gpu']} | {r['neural_rendering_resolution']} "
-                  f"| {r['precision']} | {r['images_per_s']:.2f} | {r['images_per_s_per_gpu']:.2f} "
+                  f"| {r['precision']} | {r['iterations']} | {r['images_per_s']:.2f} | {r['images_per_s_per_gpu']:.2f} "
                   f"| {r['seconds_per_iteration']:.3f} | {r['peak_memory_gb']:.1f} | {r['tflop_per_iteration']:.2f} "
-                  f"| {r['achieved_tflops_per_gpu']:.1f} |")
+                  f"| {r['achieved_tflops_per_gpu']:.1f} | {r['loss_first_25']:.3f} → {r['loss_last_25']:.3f} |")
 
 
 if __name__ == "__main__":
