@@ -159,13 +159,16 @@ def print_profile(stage: str, task, engines, step, iters: int, device: torch.dev
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=True, acc_events=True) as prof:
         for i in range(iters):
             step(i)
         _sync(device)
     key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     print(f"\n{stage}: profile of {iters} iterations (totals over all of them)", flush=True)
     print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70), flush=True)
+    print(f"\n{stage}: the same, aten ops by input shape", flush=True)
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    print(by_shape.table(sort_by="self_" + key, row_limit=30, max_name_column_width=40, max_shapes_column_width=110), flush=True)
 
 
 def _sync(device: torch.device) -> None:

@@ -77,6 +77,86 @@ def setup_filter(
     return f if device is None else f.to(device)
 
 
+def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int) -> torch.Tensor:
+    """Valid correlation of u (N,C,H,W) with the 2-D kernel g (kh,kw), keeping every down-th output.
+
+    One strided multiply-add per tap (16 for the usual 4x4 filter): memory-bound elementwise work.
+    The filter's taps stay on the device (0-dim tensors), so nothing waits for the GPU.
+    """
+    kh, kw = g.shape
+    h_out = (u.shape[2] - kh) // down_y + 1
+    w_out = (u.shape[3] - kw) // down_x + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"upfirdn2d: a {kh}x{kw} filter leaves no output of a {u.shape[2]}x{u.shape[3]} input")
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = u[:, :, i: i + (h_out - 1) * down_y + 1: down_y, j: j + (w_out - 1) * down_x + 1: down_x]
+            out = tap * g[i, j] if out is None else out.addcmul_(tap, g[i, j])
+    return out
+
+
+def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
+                       pad: tuple[int, int, int, int], flip_filter: bool, gain: float) -> torch.Tensor:
+    """The operation itself, without autograd; see the module docstring for the order of steps."""
+    upx, upy = up
+    downx, downy = down
+    px0, px1, py0, py1 = pad
+    n, c, h, w = x.shape
+    out_dtype = x.dtype
+    # Half-precision inputs are filtered in fp32 (the official CUDA op accumulates in fp32 too).
+    x = x.float() if out_dtype in (torch.float16, torch.bfloat16) else x
+
+    # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
+    if upx > 1 or upy > 1:
+        x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, upx - 1, 0, 0, 0, upy - 1]).reshape(n, c, h * upy, w * upx)
+    # 2. pad positive amounts, crop negative ones.
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+
+    # 3.+4. convolution (= correlation with the flipped filter) and decimation, tap by tap.
+    # Not F.conv2d: with the channels folded into the batch (1 in, 1 out channel) cuDNN picks implicit-GEMM
+    # kernels that took 85 ms for one 512x512x512 filtering on an H200 (45% of a Ψ training step), and its
+    # grouped (groups=C) convs were slower still.
+    g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:
+        g = g.flip(list(range(g.ndim)))
+    if g.ndim == 2:
+        x = _correlate_taps(x, g, downy, downx)
+    else:
+        x = _correlate_taps(x, g[None, :], 1, downx)
+        x = _correlate_taps(x, g[:, None], downy, 1)
+    return x.to(out_dtype)
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """upfirdn2d with its exact adjoint as the backward: the gradient of upsample-by-U / filter /
+    downsample-by-D is downsample-by-U / flipped filter / upsample-by-D of the output gradient (the
+    transpose of each linear step in reverse order). The backward calls this Function again, so
+    double backward (the discriminator's R1 penalty) gets the same fast path. No gradient for the
+    filter: filters are fixed buffers."""
+
+    @staticmethod
+    def forward(ctx, x, f, up, down, pad, flip_filter, gain):
+        ctx.save_for_backward(f)
+        ctx.args = (up, down, pad, flip_filter, gain, x.shape[2], x.shape[3])
+        return _upfirdn2d_forward(x, f, up, down, pad, flip_filter, gain)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f,) = ctx.saved_tensors
+        (upx, upy), (downx, downy), (px0, px1, py0, py1), flip_filter, gain, in_h, in_w = ctx.args
+        fw, fh = filter_size(f)
+        out_h, out_w = dy.shape[2], dy.shape[3]
+        # Adjoint padding, derived per axis: the transposed correlation pads the zero-inserted gradient by
+        # (taps - 1) before, the forward's leading pad p0 is cropped off, and the end is cut so that
+        # decimating by the forward's `up` returns exactly the input length.
+        pad = (fw - px0 - 1, in_w * upx - out_w * downx + px0 - upx + 1,
+               fh - py0 - 1, in_h * upy - out_h * downy + py0 - upy + 1)
+        dx = _UpFirDn2d.apply(dy, f, (downx, downy), (upx, upy), pad, not flip_filter, gain)
+        return dx, None, None, None, None, None, None
+
+
 def upfirdn2d(
     x: torch.Tensor,
     f: torch.Tensor | None,
@@ -91,38 +171,8 @@ def upfirdn2d(
         raise ValueError(f"upfirdn2d expects (N,C,H,W), got shape {tuple(x.shape)}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    upx, upy = _scaling(up)
-    downx, downy = _scaling(down)
-    px0, px1, py0, py1 = _padding(padding)
-    n, c, h, w = x.shape
-
-    # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
-    if upx > 1 or upy > 1:
-        x = x.reshape(n, c, h, 1, w, 1)
-        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-        x = x.reshape(n, c, h * upy, w * upx)
-    # 2. pad positive amounts, crop negative ones.
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-
-    # 3.+4. depthwise convolution; F.conv2d correlates, so flip the filter for a true convolution.
-    # Every channel gets the same filter, so channels are folded into the batch and filtered by a
-    # single-channel conv: on an H200 cuDNN ran the equivalent grouped (groups=C) convs with slow
-    # implicit-GEMM kernels that took ~90% of a Ψ training step. Half-precision inputs are filtered in
-    # fp32 (the official CUDA op accumulates in fp32 too).
-    out_dtype = x.dtype
-    if out_dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    x = x.reshape(n * c, 1, x.shape[2], x.shape[3])
-    if f.ndim == 2:
-        x = F.conv2d(x, f[None, None], stride=(downy, downx))
-    else:
-        x = F.conv2d(x, f[None, None, None, :], stride=(1, downx))
-        x = F.conv2d(x, f[None, None, :, None], stride=(downy, 1))
-    return x.reshape(n, c, x.shape[2], x.shape[3]).to(out_dtype)
+    filter_size(f)  # validates the filter's rank
+    return _UpFirDn2d.apply(x, f, _scaling(up), _scaling(down), _padding(padding), bool(flip_filter), float(gain))
 
 
 def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: Pair = 0, flip_filter: bool = False,
