@@ -293,3 +293,18 @@ def test_inconsistent_config_is_rejected():
         PsiConfig.tiny(canonical_dim=48)
     with pytest.raises(ValueError, match="img_resolution"):
         PsiConfig.tiny(img_resolution=40)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_wide_head_attention_on_cuda_matches_the_fused_kernel(monkeypatch):
+    from model.networks.psi import segformer
+
+    torch.manual_seed(0)
+    attention = segformer.MotionCrossAttention(1024, 2).cuda()  # 512-wide heads, as Ψ's
+    x, context = torch.randn(2, 256, 1024, device="cuda"), torch.randn(2, 64, 1024, device="cuda")
+    outputs = []
+    for widest in (segformer.FUSED_MAX_HEAD_DIM, 4096):  # explicit matmuls, then the fused kernel
+        monkeypatch.setattr(segformer, "FUSED_MAX_HEAD_DIM", widest)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outputs.append(attention(x, context).float())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=2e-2, atol=2e-2)

@@ -40,7 +40,8 @@ def _upfirdn_reference(x: np.ndarray, f: np.ndarray, up: int, down: int, pad: tu
 
 
 @pytest.mark.parametrize("up,down,pad", [(1, 1, (1, 2, 0, 1)), (2, 1, (2, 1, 2, 1)), (1, 2, (1, 1, 1, 1)),
-                                         (2, 2, (0, -1, 1, 0)), (3, 1, (1, 1, 2, 2))])
+                                         (2, 2, (0, -1, 1, 0)), (3, 1, (1, 1, 2, 2)), (2, 1, (-1, 3, 0, -2)),
+                                         (4, 1, (5, -3, -2, 6))])
 def test_upfirdn2d_matches_direct_convolution(up, down, pad):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 7, 9, generator=g, dtype=torch.float64)
@@ -77,6 +78,17 @@ def test_upfirdn2d_half_inputs_are_filtered_in_float32():
     y = upfirdn2d(x, f, up=2, padding=[2, 1, 2, 1])
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), upfirdn2d(x.float(), f, up=2, padding=[2, 1, 2, 1]), rtol=8e-3, atol=0)
+
+
+@pytest.mark.parametrize("up,down,pad", [(1, 1, (3, 4, 4, 3)), (2, 1, (4, 3, 4, 3)), (1, 2, (3, 3, 3, 3)),
+                                         (3, 1, (-1, 2, 3, 0))])
+def test_upfirdn2d_separable_filter_equals_its_outer_product(up, down, pad):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    f = torch.rand(8, generator=g, dtype=torch.float64)
+    for flip in (False, True):
+        kw = dict(up=up, down=down, padding=list(pad), flip_filter=flip, gain=2.0)
+        torch.testing.assert_close(upfirdn2d(x, f, **kw), upfirdn2d(x, torch.outer(f, f), **kw), rtol=1e-12, atol=1e-12)
 
 
 def test_setup_filter_normalizes_and_chooses_separable():

@@ -96,6 +96,49 @@ def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int) 
     return out
 
 
+def _phase_taps(n: int, up: int, p0: int, p1: int, taps: int) -> tuple[int, list[list[tuple[int, int]]], int, int]:
+    """One axis of an upsample-then-correlate: output length, and per output phase r (outputs m = qU + r)
+    the (tap k, input offset) pairs that hit real samples: u[m + k] = x[q + (r + k - p0) / U] when U divides
+    r + k - p0, else an inserted zero. Also the zero padding x needs before / after so every read is in range."""
+    length = n * up + p0 + p1 - taps + 1
+    phases, lo, hi = [], 0, 0
+    for r in range(up):
+        count = max(0, -(-(length - r) // up))
+        pairs = [(k, (r + k - p0) // up) for k in range(taps) if (r + k - p0) % up == 0]
+        phases.append(pairs)
+        for _, off in pairs:
+            lo, hi = min(lo, off), max(hi, off + count - 1 - (n - 1))
+    return length, phases, -lo, hi
+
+
+def _upsample_polyphase(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, pad: tuple[int, int, int, int]):
+    """Zero-insert by (upy, upx), pad, correlate with g (kh, kw) -- without the zeros: each of the upy x upx
+    output phases is a correlation of x with the taps that land on real samples (1/(upx*upy) of the work)."""
+    px0, px1, py0, py1 = pad
+    n, c, h, w = x.shape
+    kh, kw = g.shape
+    out_h, phases_y, lo_y, hi_y = _phase_taps(h, upy, py0, py1, kh)
+    out_w, phases_x, lo_x, hi_x = _phase_taps(w, upx, px0, px1, kw)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"upfirdn2d: a {kh}x{kw} filter leaves no output of a {h}x{w} input upsampled {upy}x{upx}")
+    xp = F.pad(x, [lo_x, max(hi_x, 0), lo_y, max(hi_y, 0)])
+    out = x.new_zeros(n, c, out_h, out_w)
+    for ry, taps_y in enumerate(phases_y):
+        count_y = -(-(out_h - ry) // upy)
+        for rx, taps_x in enumerate(phases_x):
+            count_x = -(-(out_w - rx) // upx)
+            if count_y < 1 or count_x < 1:
+                continue
+            acc = None
+            for ky, oy in taps_y:
+                for kx, ox in taps_x:
+                    tap = xp[:, :, lo_y + oy: lo_y + oy + count_y, lo_x + ox: lo_x + ox + count_x]
+                    acc = tap * g[ky, kx] if acc is None else acc.addcmul_(tap, g[ky, kx])
+            if acc is not None:
+                out[:, :, ry::upy, rx::upx] = acc
+    return out
+
+
 def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
                        pad: tuple[int, int, int, int], flip_filter: bool, gain: float) -> torch.Tensor:
     """The operation itself, without autograd; see the module docstring for the order of steps."""
@@ -106,6 +149,12 @@ def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     out_dtype = x.dtype
     # Half-precision inputs are filtered in fp32 (the official CUDA op accumulates in fp32 too).
     x = x.float() if out_dtype in (torch.float16, torch.bfloat16) else x
+
+    if (upx > 1 or upy > 1) and downx == downy == 1:
+        g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+        g = g if flip_filter else g.flip(list(range(g.ndim)))
+        g2 = g if g.ndim == 2 else torch.outer(g, g)
+        return _upsample_polyphase(x, g2, upx, upy, pad).to(out_dtype)
 
     # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
     if upx > 1 or upy > 1:
