@@ -150,11 +150,11 @@ def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     # Half-precision inputs are filtered in fp32 (the official CUDA op accumulates in fp32 too).
     x = x.float() if out_dtype in (torch.float16, torch.bfloat16) else x
 
+    # Convolution = correlation with the flipped filter (flip_filter=True: correlate with f as is).
+    g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    g = g if flip_filter else g.flip(list(range(g.ndim)))
     if (upx > 1 or upy > 1) and downx == downy == 1:
-        g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-        g = g if flip_filter else g.flip(list(range(g.ndim)))
-        g2 = g if g.ndim == 2 else torch.outer(g, g)
-        return _upsample_polyphase(x, g2, upx, upy, pad).to(out_dtype)
+        return _upsample_polyphase(x, g if g.ndim == 2 else torch.outer(g, g), upx, upy, pad).to(out_dtype)
 
     # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
     if upx > 1 or upy > 1:
@@ -163,13 +163,10 @@ def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
-    # 3.+4. convolution (= correlation with the flipped filter) and decimation, tap by tap.
+    # 3.+4. correlation and decimation, tap by tap.
     # Not F.conv2d: with the channels folded into the batch (1 in, 1 out channel) cuDNN picks implicit-GEMM
     # kernels that took 85 ms for one 512x512x512 filtering on an H200 (45% of a Ψ training step), and its
     # grouped (groups=C) convs were slower still.
-    g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-    if not flip_filter:
-        g = g.flip(list(range(g.ndim)))
     if g.ndim == 2:
         x = _correlate_taps(x, g, downy, downx)
     else:
