@@ -96,18 +96,21 @@ def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int) 
     return out
 
 
-def _phase_taps(n: int, up: int, p0: int, p1: int, taps: int) -> tuple[int, list[list[tuple[int, int]]], int, int]:
-    """One axis of an upsample-then-correlate: output length, and per output phase r (outputs m = qU + r)
-    the (tap k, input offset) pairs that hit real samples: u[m + k] = x[q + (r + k - p0) / U] when U divides
-    r + k - p0, else an inserted zero. Also the zero padding x needs before / after so every read is in range."""
+def _phases(n: int, up: int, p0: int, p1: int, taps: int) -> tuple[int, list[tuple[int, int, int, int]], int, int]:
+    """One axis of an upsample-then-correlate: the output length, and per output phase r (outputs m = qU + r)
+    (outputs, first tap, taps, first input offset). Only taps k with U | (r + k - p0) land on real samples,
+    u[m + k] = x[q + (r + k - p0) / U]: every U-th tap, reading consecutive inputs. Also the zero padding x
+    needs before / after so that every read is in range."""
     length = n * up + p0 + p1 - taps + 1
     phases, lo, hi = [], 0, 0
     for r in range(up):
         count = max(0, -(-(length - r) // up))
-        pairs = [(k, (r + k - p0) // up) for k in range(taps) if (r + k - p0) % up == 0]
-        phases.append(pairs)
-        for _, off in pairs:
-            lo, hi = min(lo, off), max(hi, off + count - 1 - (n - 1))
+        first = (p0 - r) % up
+        n_taps = len(range(first, taps, up))
+        offset = (r + first - p0) // up
+        phases.append((count, first, n_taps, offset))
+        if count and n_taps:
+            lo, hi = min(lo, offset), max(hi, offset + n_taps - 1 + count - 1 - (n - 1))
     return length, phases, -lo, hi
 
 
@@ -117,25 +120,18 @@ def _upsample_polyphase(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, pa
     px0, px1, py0, py1 = pad
     n, c, h, w = x.shape
     kh, kw = g.shape
-    out_h, phases_y, lo_y, hi_y = _phase_taps(h, upy, py0, py1, kh)
-    out_w, phases_x, lo_x, hi_x = _phase_taps(w, upx, px0, px1, kw)
+    out_h, phases_y, lo_y, hi_y = _phases(h, upy, py0, py1, kh)
+    out_w, phases_x, lo_x, hi_x = _phases(w, upx, px0, px1, kw)
     if out_h < 1 or out_w < 1:
         raise ValueError(f"upfirdn2d: a {kh}x{kw} filter leaves no output of a {h}x{w} input upsampled {upy}x{upx}")
-    xp = F.pad(x, [lo_x, max(hi_x, 0), lo_y, max(hi_y, 0)])
+    xp = F.pad(x, [lo_x, hi_x, lo_y, hi_y])
     out = x.new_zeros(n, c, out_h, out_w)
-    for ry, taps_y in enumerate(phases_y):
-        count_y = -(-(out_h - ry) // upy)
-        for rx, taps_x in enumerate(phases_x):
-            count_x = -(-(out_w - rx) // upx)
-            if count_y < 1 or count_x < 1:
-                continue
-            acc = None
-            for ky, oy in taps_y:
-                for kx, ox in taps_x:
-                    tap = xp[:, :, lo_y + oy: lo_y + oy + count_y, lo_x + ox: lo_x + ox + count_x]
-                    acc = tap * g[ky, kx] if acc is None else acc.addcmul_(tap, g[ky, kx])
-            if acc is not None:
-                out[:, :, ry::upy, rx::upx] = acc
+    for ry, (count_y, ky, taps_y, oy) in enumerate(phases_y):
+        for rx, (count_x, kx, taps_x, ox) in enumerate(phases_x):
+            if count_y and count_x and taps_y and taps_x:  # else the phase reads only inserted zeros
+                rows = slice(lo_y + oy, lo_y + oy + taps_y + count_y - 1)
+                cols = slice(lo_x + ox, lo_x + ox + taps_x + count_x - 1)
+                out[:, :, ry::upy, rx::upx] = _correlate_taps(xp[:, :, rows, cols], g[ky::upy, kx::upx], 1, 1)
     return out
 
 
