@@ -7,15 +7,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import promql_parser
 import pytest
 import yaml
 
-from components.platform import PlatformConfig
+from components.platform import IMAGE_VERSION, PlatformConfig
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 PLATFORM = PlatformConfig()
 SECRET_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", re.I)
+QUEUE_METRIC = "nv_inference_queue_us_per_request"  # prometheus-adapter's name for the HPA's metric
 LEAKS = [re.compile(p) for p in (r"AKIA[0-9A-Z]{16}", r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
                                  r"(?i)(password|secret|secret_access_key)[ \t]*[:=][ \t]*[\"']?[A-Za-z0-9+/]{8,}")]
 
@@ -92,6 +94,24 @@ def test_prod_secret_sources_cover_every_secret_the_platform_uses():
     assert all(f"create secret generic {name}" in dev_doc for name in referenced)
 
 
+def test_deploy_task_account_has_no_kubernetes_rights_of_its_own():
+    """`p4d deploy rollout` talks HTTP only (S3, Triton, MLflow): its account is bound to nothing but the
+    Role every KFP step pod needs, which grants no write to any workload and reads only named objects."""
+    docs = _build("prod")
+    [deployer] = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "p4d-deployer"]
+    bound = [b for b in docs if b["kind"] == "RoleBinding"
+             and any(s["name"] == deployer["metadata"]["name"] for s in b["subjects"])]
+    assert [b["roleRef"]["name"] for b in bound] == ["p4d-kfp-step"]
+    [step] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "p4d-kfp-step"]
+    for rule in step["rules"]:
+        assert set(rule["verbs"]) <= {"get", "create", "patch"}
+        if rule["apiGroups"] == [""]:
+            assert rule["verbs"] == ["get"] and rule["resourceNames"], rule
+        else:
+            assert rule["resources"] == ["workflowtaskresults"]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
 def _triton(docs):
     [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton"]
     return dep["spec"]["template"]["spec"]
@@ -107,9 +127,64 @@ def test_triton_ports_probes_user_and_autoscaling(overlay):
     assert c["readinessProbe"]["httpGet"]["path"] == c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     [hpa] = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
-    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "nv_inference_queue_duration_us"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == QUEUE_METRIC
     [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "triton"]
     assert sorted(p["port"] for p in svc["spec"]["ports"]) == [8000, 8001, 8002]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_triton_serves_the_s3_repository_in_explicit_mode_from_the_project_image(overlay):
+    docs = _build(overlay)
+    pod = _triton(docs)
+    [c] = pod["containers"]
+    assert c["image"] == f"ghcr.io/portrait4d-mlops/p4d-triton:{IMAGE_VERSION}"
+    args = c["args"]
+    assert {"--model-control-mode=explicit", "--load-model=portrait4d", "--load-model=portrait4d_session",
+            "--strict-readiness=true", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(args)
+    assert not any(a.startswith("--model-control-mode=") and a.endswith("poll") for a in args)
+    env = {e["name"]: e for e in c["env"]}
+    assert "--model-repository=$(P4D_MODEL_REPOSITORY)" in args
+    repository = env["P4D_MODEL_REPOSITORY"]["value"]
+    expected = {"dev": "s3://http://minio.p4d.svc.cluster.local:9000/p4d/triton/model_repository",
+                "prod": "s3://p4d/triton/model_repository"}
+    assert repository == expected[overlay]
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == PLATFORM.secrets.s3
+    # read-only root: Triton's local copy of the loaded versions and the backend's caches live on emptyDirs
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+    assert "emptyDir" in mounts["/tmp"] and mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    gpus = c["resources"]["limits"].get(PLATFORM.gpu_pool.gpu_resource)
+    assert gpus == ("1" if overlay == "prod" else None)
+    # every replica is reachable by DNS (ready or not) for the rollout's per-replica load
+    [replicas] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "triton-replicas"]
+    assert replicas["spec"]["clusterIP"] == "None" and replicas["spec"]["publishNotReadyAddresses"] is True
+    assert replicas["spec"]["selector"] == {"app.kubernetes.io/name": "triton"}
+
+
+def test_prometheus_adapter_serves_queue_microseconds_per_request():
+    """The adapter rule, with its template filled in as prometheus-adapter does, is valid PromQL computing
+    rate(queue µs) / rate(successful requests) per pod, and is published under the name the HPA reads."""
+    [cm] = _docs(K8S / "base/monitoring/prometheus-adapter-rules.yaml")
+    [rule] = yaml.safe_load(cm["data"]["rules.yaml"])["rules"]
+    assert rule["name"]["as"] == QUEUE_METRIC
+    assert rule["seriesQuery"].startswith("nv_inference_queue_duration_us{")
+    query = rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="p4d",pod=~"triton-a|triton-b"')
+    query = query.replace("<<.GroupBy>>", "pod")
+    expr = promql_parser.parse(query)
+    assert str(expr.op) == "/"
+
+    def rate_sum(node) -> str:
+        assert str(node.op) == "sum" and node.modifier.labels == ["pod"]
+        assert node.expr.func.name == "rate"
+        [window] = node.expr.args
+        assert window.range.total_seconds() == 60
+        return window.vector_selector.name
+
+    assert rate_sum(expr.lhs) == "nv_inference_queue_duration_us"
+    assert expr.rhs.func.name == "clamp_min"  # an idle pod reads 0, not NaN
+    denominator, floor = expr.rhs.args
+    assert rate_sum(denominator) == "nv_inference_request_success" and 0 < floor.val < 1e-3
 
 
 def _pod_specs(doc):
@@ -141,7 +216,8 @@ def test_pipeline_runner_may_create_pytorchjobs_and_training_pods_are_scraped():
     [sa] = [d for d in docs if d["kind"] == "ServiceAccount"]
     assert sa["metadata"]["name"] == PLATFORM.pytorchjob.service_account
     [role] = [d for d in docs if d["kind"] == "Role"]
-    assert any("pytorchjobs" in r["resources"] and {"create", "get", "watch"} <= set(r["verbs"]) for r in role["rules"])
+    # exactly what the launcher calls (pipelines/kubeflow/pytorchjob.py: create, then get to poll)
+    assert role["rules"] == [{"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get"]}]
     [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
     assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
     [podmon] = [d for d in _docs(K8S / "base/monitoring/servicemonitors.yaml") if d["kind"] == "PodMonitor"]
