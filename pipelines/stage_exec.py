@@ -5,11 +5,19 @@ inputs from S3 when the pod is not a KFP task (PyTorchJob), runs the stage's own
 in-process, or under ``torchrun`` for several GPUs / nodes — syncs outputs back from node 0, and
 records the stage's timing, item counts and failures as Prometheus metrics (pushed when a
 Pushgateway is configured) and as an MLflow run tagged with the pipeline run (when tracking is set).
+
+A training stage (one that resumes from its own output) gets a durable checkpoint store,
+``P4D_CHECKPOINT_URI`` = ``<root>/<pipeline run>/<stage>``: derived from the pipeline run and the stage,
+not the attempt, so a retried task (a new pod, a new output path) resumes from what the killed attempt
+uploaded. ``<root>`` is env ``P4D_CHECKPOINT_ROOT`` when set, else ``s3://<storage.bucket>/<storage.prefix>/
+checkpoints`` from the run's params. The pipeline run id also reaches the stage as ``P4D_PIPELINE_RUN_ID``
+(MLflow nests the stage's run under the pipeline's: components.io.tracking).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +27,29 @@ from pathlib import Path
 from components.io.metrics import MetricsError, StageMetrics
 from components.io.storage import open_store
 from pipelines.dag import PARAMS_TOKEN, STAGE_BY_NAME, Stage
+
+
+CHECKPOINT_ROOT_ENV = "P4D_CHECKPOINT_ROOT"
+RESUME_FLAG = "--resume"
+
+
+def resumes(stage: Stage) -> bool:
+    """A stage that continues from what its output folder (or checkpoint store) holds: the training stages."""
+    return RESUME_FLAG in stage.args
+
+
+def checkpoint_store_uri(stage: Stage, params_path: Path, pipeline_run: str) -> str | None:
+    """Where ``stage`` of pipeline run ``pipeline_run`` keeps its checkpoints (the same for every attempt)."""
+    if not pipeline_run or not resumes(stage):
+        return None
+    root = os.environ.get(CHECKPOINT_ROOT_ENV)
+    if not root:
+        from components.config import load_params
+
+        storage = load_params(params_path).storage
+        root = "/".join(p for p in (f"s3://{storage.bucket}", storage.prefix.strip("/"), "checkpoints") if p)
+    run = re.sub(r"[^A-Za-z0-9._-]+", "-", pipeline_run).strip("-.") or "run"
+    return f"{root.rstrip('/')}/{run}/{stage.name}"
 
 
 def output_paths(stage: Stage, argv: list[str]) -> dict[str, str]:
@@ -91,6 +122,15 @@ def _launch(argv: list[str], nproc_per_node: int) -> int:
     return main(argv)
 
 
+def _checkpoint_store(stage: Stage, params: Path, pipeline_run: str) -> str | None:
+    from components.errors import P4DError
+
+    try:
+        return checkpoint_store_uri(stage, params, pipeline_run)
+    except P4DError:
+        return None  # invalid params: the stage itself reports them, naming the field
+
+
 MLFLOW_EXPERIMENT = "portrait4d-v2-pipeline"
 
 
@@ -121,10 +161,16 @@ def run_stage(
     started = time.monotonic()
     os.environ["P4D_STAGE"] = stage_name
     os.environ["P4D_DATA_VERSION"] = data_version  # tagged on MLflow runs (lineage)
+    if pipeline_run:
+        os.environ["P4D_PIPELINE_RUN_ID"] = pipeline_run  # the stage's MLflow run nests under the pipeline's
     with tempfile.TemporaryDirectory(prefix="p4d-params-") as tmp:
         params = Path(tmp) / "params.yaml"
         params.write_text(params_text)
         argv = [str(params) if a == PARAMS_TOKEN else a for a in argv]
+        store = _checkpoint_store(stage, params, pipeline_run)
+        if store:
+            os.environ["P4D_CHECKPOINT_URI"] = store
+            print(f"p4d pipeline exec: {stage_name} checkpoints: {store} (shared by every attempt)", flush=True)
         for local, uri in sync_in:
             n = sync_down(uri, local)
             print(f"p4d pipeline exec: {uri} -> {local} ({n} files)", flush=True)

@@ -63,6 +63,10 @@ class Store(Protocol):
 
     def get_bytes(self, key: str) -> bytes: ...
 
+    def put_file(self, key: str, path: str | os.PathLike) -> None: ...
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None: ...
+
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[str]: ...
@@ -102,6 +106,31 @@ class LocalStore:
         except OSError as err:
             raise StorageError(f"cannot write {self.url(key)}: {err.strerror or err}") from err
 
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Copy a file in under ``key`` (streamed: checkpoint shards are larger than memory should hold)."""
+        import shutil
+
+        try:
+            with atomic_path(self._path(key)) as tmp:
+                with open(path, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+        except OSError as err:
+            raise StorageError(f"cannot copy {path} to {self.url(key)}: {err.strerror or err}") from err
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None:
+        import shutil
+
+        source = self._path(key)
+        if not source.is_file():
+            raise ObjectNotFound(f"{source}: no such object")
+        try:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(source, tmp)
+        except OSError as err:
+            raise StorageError(f"cannot copy {source} to {path}: {err.strerror or err}") from err
+
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -126,7 +155,15 @@ class LocalStore:
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # folders exist only to hold keys, as on S3: drop the ones left empty
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -158,6 +195,13 @@ def _is_not_found(err: Exception) -> bool:
         return False
     code = str(err.response.get("Error", {}).get("Code", ""))
     return code in _NOT_FOUND_CODES
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    # 64 MiB parts, a few in parallel: a multi-GB optimizer shard uploads in minutes, memory stays bounded
+    return TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4)
 
 
 class S3Store:
@@ -206,11 +250,14 @@ class S3Store:
             except Exception as err:  # botocore raises many unrelated classes; classify below
                 if _is_not_found(err):
                     raise ObjectNotFound(f"{self.url(key)}: no such object") from None
+                from boto3.exceptions import S3UploadFailedError
                 from botocore.exceptions import BotoCoreError, ClientError
 
-                if not isinstance(err, (BotoCoreError, ClientError)):
+                if not isinstance(err, (BotoCoreError, ClientError, S3UploadFailedError)):
                     raise
-                if not _is_transient(err) or attempt >= self.retries:
+                # a managed (multipart) upload wraps the cause in S3UploadFailedError: worth another try
+                transient = _is_transient(err) or isinstance(err, S3UploadFailedError)
+                if not transient or attempt >= self.retries:
                     tries = f" after {attempt + 1} attempts" if attempt else ""
                     raise StorageError(
                         f"S3 {what} failed for bucket {self.bucket!r}, key {self._key(key)!r}{tries}: {err}. "
@@ -227,6 +274,21 @@ class S3Store:
             key,
             lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5),
         )
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Upload a file of any size: boto3's managed transfer (multipart above 64 MiB; S3 shows the object
+        only after the last part is committed, so a reader never sees part of it), retried as a whole."""
+        self._call("upload", key, lambda: self._client.upload_file(str(path), self.bucket, self._key(key),
+                                                                    Config=_transfer_config()))
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None:
+        """Download to ``path`` through a temporary sibling: ``path`` appears only once complete."""
+
+        def fetch() -> None:
+            with atomic_path(path) as tmp:
+                self._client.download_file(self.bucket, self._key(key), str(tmp), Config=_transfer_config())
+
+        self._call("download", key, fetch)
 
     def get_bytes(self, key: str) -> bytes:
         def fetch() -> bytes:

@@ -6,7 +6,9 @@ Layout under ``OUT/checkpoints/``::
       generator/  discriminator/  DeepSpeed engine states (model, optimizer, ZeRO shards per rank)
       ema.safetensors             EMA of the generator (what evaluation and the next stage read)
       rank-00000.pt ...           per rank: RNG states and data position
-      trainer.json                images seen, iteration, MLflow run id, world size, config digest
+      trainer.json                images seen, iteration, MLflow run id, world size, config digest, data version
+      config.json                 the configuration the digest covers (names the keys that differ on a refusal)
+      MANIFEST.json               size and sha256 of every file above (resume verifies them)
       COMPLETE                    written last
     .tmp-ckpt-.../                being written (or left by a kill): never read, removed on start
 
@@ -16,10 +18,15 @@ either the previous checkpoints or the new one, never a half-written one under a
 Multi-node runs need ``OUT`` on storage every node mounts (a ReadWriteMany volume).
 A checkpoint resumes on another number of processes too: ZeRO-1/2 optimizer partitions are
 re-cut for the new world (``load_zero_regrouped``) and every rank takes rank 0's data position.
+
+A checkpoint that became unreadable after it was written (a truncated copy, a disk error, a bad
+download) is found by ``problem`` before any engine is touched: resume skips it, says why, and
+takes the newest good one (``components.train.resume``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -40,6 +47,9 @@ DEL_PREFIX = ".del-"
 COMPLETE = "COMPLETE"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "MANIFEST.json"
+MAX_DIFF_KEYS = 8  # keys named in a refusal; more are counted
 
 
 class CheckpointError(P4DError):
@@ -54,6 +64,7 @@ class TrainerState:
     world_size: int
     config_sha256: str
     mlflow_run_id: str | None = None
+    data_version: str | None = None  # the training data's version (DVC hash / pipeline digest) when it started
 
 
 def _barrier() -> None:
@@ -105,6 +116,98 @@ def save_module_safetensors(module: nn.Module, path: Path, metadata: dict[str, s
     safetensors.torch.save_file(state, str(path), metadata=metadata)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(16 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every file in ``folder`` (relative posix paths), as ``MANIFEST.json``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST_FILE, COMPLETE))
+    entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST_FILE).write_text(json.dumps(entries, indent=1, sort_keys=True))
+
+
+def read_state(path: Path) -> TrainerState:
+    data = json.loads((path / STATE_FILE).read_text())
+    known = set(TrainerState.__dataclass_fields__)
+    return TrainerState(**{k: v for k, v in data.items() if k in known})
+
+
+def problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed, or None when every file is as written.
+
+    Checks the COMPLETE marker, ``trainer.json`` and each file against ``MANIFEST.json`` (size first,
+    then sha256). Checkpoints from before manifests existed get a structural check instead: every
+    safetensors header and every per-rank ``.pt`` file must read.
+    """
+    if not (path / COMPLETE).is_file():
+        return "incomplete (no COMPLETE marker)"
+    try:
+        read_state(path)
+    except (OSError, ValueError, TypeError) as err:
+        return f"{STATE_FILE} unreadable ({_short(err)})"
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        return _legacy_problem(path)
+    try:
+        entries = json.loads(manifest.read_text())
+    except (OSError, ValueError) as err:
+        return f"{MANIFEST_FILE} unreadable ({_short(err)})"
+    for name, entry in sorted(entries.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{name} is {size} bytes, {entry['size']} were written (truncated or overwritten)"
+        try:
+            if _sha256(file) != entry["sha256"]:
+                return f"{name} does not match its sha256 (corrupted)"
+        except OSError as err:
+            return f"{name} unreadable ({_short(err)})"
+    return None
+
+
+def _legacy_problem(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():
+                    fh.get_slice(key)
+        except Exception as err:  # safetensors raises its own SafetensorError and OSError
+            return f"{file.relative_to(path)} unreadable ({_short(err)})"
+    for file in sorted(path.glob("rank-*.pt")):
+        try:
+            torch.load(file, weights_only=True)
+        except Exception as err:  # torch raises RuntimeError (PytorchStreamReader), EOFError, pickle errors
+            return f"{file.name} unreadable ({_short(err)})"
+    return None
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def config_difference(saved: dict, current: dict) -> str:
+    """'a.b: X in the checkpoint, Y now; ...' for the flattened keys whose values differ."""
+    from components.io.tracking import flatten_params
+
+    old, new = flatten_params(saved), flatten_params(current)
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    parts = [f"{k}: {old.get(k, '(absent)')} in the checkpoint, {new.get(k, '(absent)')} now"
+             for k in keys[:MAX_DIFF_KEYS]]
+    if len(keys) > MAX_DIFF_KEYS:
+        parts.append(f"and {len(keys) - MAX_DIFF_KEYS} more")
+    return "; ".join(parts)
+
+
 def is_complete(path: Path) -> bool:
     named = path.is_dir() and path.name.startswith(PREFIX)
     return named and (path / COMPLETE).is_file() and (path / STATE_FILE).is_file()
@@ -120,8 +223,9 @@ def complete_checkpoints(root: Path) -> list[Path]:
 class Checkpoints:
     """Save / find / load checkpoints of one training run; call on every rank."""
 
-    def __init__(self, root: str | Path, keep_last: int, rank: int) -> None:
+    def __init__(self, root: str | Path, keep_last: int, rank: int, config: dict | None = None) -> None:
         self.root, self.keep_last, self.rank = Path(root), keep_last, rank
+        self.config = config  # what the config digest covers, saved with every checkpoint
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             self.remove_partial()
@@ -156,8 +260,11 @@ class Checkpoints:
         if self.rank == 0:
             save_module_safetensors(ema, tmp / EMA_FILE, ema_metadata)
             (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+            if self.config is not None:
+                (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=1, sort_keys=True))
         _barrier()
         if self.rank == 0:
+            write_manifest(tmp)
             _fsync_tree(tmp)
             (tmp / COMPLETE).write_text("ok\n")
             _fsync_dir(tmp)
@@ -169,24 +276,41 @@ class Checkpoints:
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep_last]:
-            doomed = self.root / f"{DEL_PREFIX}{old.name}"
-            os.replace(old, doomed)  # invisible first, then deleted: a kill mid-delete leaves nothing half-there
-            shutil.rmtree(doomed, ignore_errors=True)
+            self.discard(old)
 
-    def load(self, path: Path, g_engine, d_engine, ema: nn.Module, expect: TrainerState) -> tuple[TrainerState, dict]:
-        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+    def discard(self, path: Path) -> None:
+        """Remove a checkpoint folder: invisible first, then deleted (a kill mid-delete leaves nothing half-there)."""
+        doomed = self.root / f"{DEL_PREFIX}{path.name}"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def check_fits(self, path: Path, state: TrainerState, expect: TrainerState) -> None:
+        """Refuse (CheckpointError) a checkpoint of another stage, configuration or training data."""
         if state.stage != expect.stage:
             raise CheckpointError(f"{path} is a {state.stage!r} checkpoint, not {expect.stage!r}; use another --out")
+        if state.config_sha256 != expect.config_sha256:
+            saved = path / CONFIG_FILE
+            keys = ""
+            if saved.is_file() and self.config is not None:
+                keys = f" — {config_difference(json.loads(saved.read_text()), self.config)}"
+            raise CheckpointError(
+                f"{path} was written with a different configuration (digest {state.config_sha256[:12]} vs "
+                f"{expect.config_sha256[:12]}{keys}); resume with the same params, or start a new --out"
+            )
+        if state.data_version and expect.data_version and state.data_version != expect.data_version:
+            raise CheckpointError(
+                f"{path} was trained on data version {state.data_version} and this run's data is "
+                f"{expect.data_version}; resume on the same data, or start a new --out (remove the folder to retrain)"
+            )
+
+    def load(self, path: Path, g_engine, d_engine, ema: nn.Module, expect: TrainerState) -> tuple[TrainerState, dict]:
+        state = read_state(path)
+        self.check_fits(path, state, expect)
         regrouped = state.world_size != expect.world_size
         if regrouped and not (_reshardable(g_engine) and _reshardable(d_engine)):
             raise CheckpointError(
                 f"{path} was written by {state.world_size} processes and this run has {expect.world_size}; "
                 f"resume with {state.world_size} processes (ZeRO shards and data positions are per rank)"
-            )
-        if state.config_sha256 != expect.config_sha256:
-            raise CheckpointError(
-                f"{path} was written with a different configuration (digest {state.config_sha256[:12]} vs "
-                f"{expect.config_sha256[:12]}); resume with the same params, or start a new --out"
             )
         for engine, tag in ((g_engine, "generator"), (d_engine, "discriminator")):
             if regrouped and engine.zero_optimization_stage() > 0:

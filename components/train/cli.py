@@ -24,6 +24,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: params or tiny)")
     parser.add_argument("--params", type=Path, default=None, help="params.yaml (profile + section overrides)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--checkpoint-uri", default=None, metavar="DIR_OR_S3_URI",
+                        help="durable checkpoint store: every checkpoint is uploaded there as it is written, and a "
+                        "start resumes from the newest complete one found there (default: env P4D_CHECKPOINT_URI; "
+                        "`p4d pipeline exec` sets it per pipeline run and stage)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -79,20 +83,23 @@ def _report(stage: str, result) -> int:
 
 def _psi3d(args: argparse.Namespace) -> int:
     from components.train.data import TrainingDataError
+    from components.train.durable import checkpoint_uri
     from components.train.psi3d import run
 
     if args.online and not args.labels:
         raise TrainingDataError("--online needs --labels (fit_flame output) to condition GenHead")
     result = run(_config(args), args.data, args.out, args.assets, online_labels=args.labels if args.online else None,
-                 resume=args.resume, device=args.device, progress=not args.no_progress)
+                 resume=args.resume, device=args.device, progress=not args.no_progress,
+                 checkpoint_store=checkpoint_uri(args.checkpoint_uri))
     return _report("psi3d", result)
 
 
 def _psi(args: argparse.Namespace) -> int:
+    from components.train.durable import checkpoint_uri
     from components.train.psi import run
 
     result = run(_config(args), args.data, args.psi3d, args.out, args.assets, resume=args.resume,
-                 device=args.device, progress=not args.no_progress)
+                 device=args.device, progress=not args.no_progress, checkpoint_store=checkpoint_uri(args.checkpoint_uri))
     return _report("psi", result)
 
 

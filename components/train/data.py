@@ -294,7 +294,14 @@ class ClipPairStream:
 
 
 def data_version(path: str | Path) -> str:
-    """A content digest of a dataset's index file, for lineage when the pipeline did not pass one."""
+    """The dataset's version for lineage: DVC's md5 of it under ``dvc repro`` (from ``dvc.lock``), else a
+    content digest of its index file. The pipeline's own version (env), when given, wins over both
+    (``components.io.tracking.resolve_data_version``)."""
+    from components.io.tracking import dvc_data_version
+
+    dvc = dvc_data_version(path)
+    if dvc:
+        return dvc
     path = Path(path)
     for name in ("index.json", "manifest.parquet", "labels.npy"):
         candidate = path / name if path.is_dir() else path

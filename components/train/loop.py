@@ -32,11 +32,13 @@ from components.train.checkpoint import (
     CheckpointError,
     Checkpoints,
     TrainerState,
+    read_state,
     rng_state,
     save_module_safetensors,
     set_rng_state,
 )
 from components.train.config import TrainConfig
+from components.train.durable import CheckpointMirror
 from components.train.engine import (
     DiscriminatorObjective,
     DistInfo,
@@ -47,9 +49,17 @@ from components.train.engine import (
     set_learning_rates,
 )
 from components.train.models import MODEL_DIR, is_optimized, is_renderer_parameter
+from components.train.resume import (
+    METRICS_FILE,
+    candidates,
+    fetch_records,
+    read_run_record,
+    say,
+    upload_quietly,
+    write_run_record,
+)
 from components.train.schedule import StepSchedule, ema_beta, iterations, lazy_due
 
-METRICS_FILE = "metrics.jsonl"
 DEEPSPEED_FILE = "deepspeed_config.json"
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the orchestrator restarts the job, which resumes
 
@@ -69,6 +79,7 @@ class StageTask(ABC):
     """What a training stage provides to the shared loop."""
 
     name: str
+    config_keys: tuple[str, ...]  # config keys (dotted) the stage reads: what a resumed run must share
     psi: nn.Module
     discriminator: nn.Module
     data: Any  # a stream with __next__, state_dict, load_state_dict
@@ -177,16 +188,108 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def config_digest(cfg, train: TrainConfig) -> str:
-    """Digest of what a resumed run must share with the interrupted one (not logging, paths or run length)."""
+# How a run is logged, stored, checkpointed and scheduled, not what it learns: free to change on resume.
+RESUME_EXEMPT_SECTIONS = ("tracking", "metrics", "checkpoints", "storage", "platform")
+BOOKKEEPING = {"log_every_images", "sample_every_images", "sample_grid_rows", "novel_views", "data_workers"}
+
+
+def digest_config(cfg, train: TrainConfig, keys: tuple[str, ...]) -> dict:
+    """The part of the config a resumed run must share with the interrupted one: the stage's ``keys``
+    (dotted paths), without logging, storage or run length (``total_images`` may grow to train longer)."""
     data = cfg.model_dump(mode="json")
-    for key in ("tracking", "metrics", "checkpoints", "storage"):
-        data.pop(key, None)
-    for key in ("psi3d", "psi"):
-        data.get(key, {}).pop("total_images", None)
-    bookkeeping = {"log_every_images", "sample_every_images", "sample_grid_rows", "novel_views", "data_workers"}
-    data["train"] = {k: v for k, v in train.model_dump(mode="json").items() if k not in bookkeeping}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    data["train"] = {k: v for k, v in train.model_dump(mode="json").items() if k not in BOOKKEEPING}
+    picked: dict = {}
+    for key in keys:
+        parts = key.split(".")
+        if parts[0] in RESUME_EXEMPT_SECTIONS:
+            continue
+        node, target = data, picked
+        for part in parts[:-1]:
+            node, target = node[part], target.setdefault(part, {})
+        target[parts[-1]] = node[parts[-1]]
+    for stage in ("psi3d", "psi"):
+        if isinstance(picked.get(stage), dict):
+            picked[stage] = {k: v for k, v in picked[stage].items() if k != "total_images"}
+    return picked
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _broadcast(value, dist: DistInfo):
+    """Rank 0's ``value`` on every rank (rank 0 alone picks and fetches the checkpoint to resume)."""
+    if dist.world_size == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _resume(checkpoints: Checkpoints, mirror: CheckpointMirror | None, task: StageTask, g_engine, d_engine,
+            ema: nn.Module, expect: TrainerState, dist: DistInfo, resume: bool,
+            out: Path) -> tuple[TrainerState, Path | None]:
+    """Load the newest good checkpoint (local or stored) into the engines, EMA, RNG and data stream.
+
+    Rank 0 picks (components.train.resume.candidates: bad ones are skipped with the reason); every rank
+    loads the pick. On one process a checkpoint that still fails to load is skipped as well; with several,
+    a load error stops the run (the ranks cannot agree on a fallback part-way through a collective load).
+    """
+    if not resume:  # a fresh start touches nothing that is there
+        refusal = None
+        if dist.is_main:
+            local = [p.name for p in checkpoints.complete()]
+            stored = mirror.complete() if mirror is not None and not local else []
+            if local or stored:
+                refusal = (f"{out if local else mirror.uri} already holds checkpoints (latest {max(local or stored)}); "
+                           "pass --resume to continue that run, or choose a new --out")
+        refusal = _broadcast(refusal, dist)
+        if refusal:
+            raise CheckpointError(refusal)
+        return expect, None
+    skipped: list[str] = []
+    found = candidates(checkpoints, mirror, skipped) if dist.is_main else None
+    while True:
+        path = next(found, None) if found is not None else None
+        name = _broadcast(path.name if path is not None else None, dist)
+        if name is None:
+            break
+        path = checkpoints.root / name
+        checkpoints.check_fits(path, read_state(path), expect)
+        try:
+            state, rank_state = checkpoints.load(path, g_engine, d_engine, ema, expect)
+        except CheckpointError:
+            raise
+        except Exception as err:  # torch / DeepSpeed / safetensors raise many types for a file that will not read
+            if dist.world_size > 1:
+                raise CheckpointError(f"{path} failed to load ({type(err).__name__}: {err}); remove it to resume "
+                                      "from the previous checkpoint") from err
+            say(f"skipped {name}: it failed to load ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "removed it")
+            skipped.append(name)
+            checkpoints.discard(path)
+            if mirror is not None:
+                mirror.remove(name)
+            continue
+        state.world_size = dist.world_size  # another process count is fine: checkpoints.load re-partitions
+        state.data_version = state.data_version or expect.data_version
+        set_rng_state(rank_state["rng"])
+        task.data.load_state_dict(rank_state["data"])
+        if dist.is_main:
+            say(f"continuing from {name}: {state.images_seen} images seen, iteration {state.iteration}")
+        return state, path
+    if dist.is_main:
+        where = f"{checkpoints.root}" + (f" or {mirror.uri}" if mirror is not None else "")
+        say(f"no usable checkpoint in {where} (skipped {', '.join(skipped)}); starting from image 0" if skipped
+            else f"no checkpoint in {where} yet; starting from image 0")
+    return expect, None
+
+
+def _upload(mirror: CheckpointMirror, checkpoint: Path, out: Path, keep_last: int) -> None:
+    """The per-iteration record, then the checkpoint (marker last), then prune the store like the folder."""
+    upload_quietly(mirror, lambda: mirror.put_file(METRICS_FILE, out / METRICS_FILE), METRICS_FILE)
+    if upload_quietly(mirror, lambda: mirror.upload(checkpoint), checkpoint.name):
+        upload_quietly(mirror, lambda: mirror.prune(keep_last), f"pruning of {mirror.uri}")
 
 
 def _all_mean(values: torch.Tensor) -> torch.Tensor:
@@ -280,9 +383,11 @@ def run_iteration(task: StageTask, engines: Engines, sched: StepSchedule, iterat
 
 
 def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dist: DistInfo, resume: bool,
-          tracking_params: dict, data_version: str, progress: bool = True) -> TrainResult:
-    """Run ``task`` to ``task.total_images`` (or until SIGTERM), checkpointing into ``out_dir``."""
-    from components.io.tracking import TrackingRun, lineage_tags
+          tracking_params: dict, data_version: str, progress: bool = True,
+          checkpoint_store: str | None = None) -> TrainResult:
+    """Run ``task`` to ``task.total_images`` (or until SIGTERM), checkpointing into ``out_dir`` and, with
+    ``checkpoint_store`` (a folder or s3:// prefix), uploading every checkpoint there as it is written."""
+    from components.io.tracking import TrackingRun, dvc_dep_hashes, lineage_tags, resolve_data_version
 
     out = Path(out_dir)
     started = time.perf_counter()
@@ -294,17 +399,15 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
     g_engine, d_engine = engines.generator, engines.discriminator
     ema = copy.deepcopy(task.psi).eval().requires_grad_(False)
 
-    checkpoints = Checkpoints(out / "checkpoints", cfg.checkpoints.keep_last, dist.rank)
-    state = TrainerState(task.name, 0, 0, dist.world_size, config_digest(cfg, train_cfg))
-    resumed_from = checkpoints.latest()
-    if resumed_from is not None and not resume:
-        raise CheckpointError(f"{out} already holds checkpoints (latest {resumed_from.name}); pass --resume to "
-                              "continue that run, or choose a new --out")
-    if resumed_from is not None:
-        state, rank_state = checkpoints.load(resumed_from, g_engine, d_engine, ema, state)
-        state.world_size = dist.world_size  # another process count is fine: checkpoints.load re-partitions
-        set_rng_state(rank_state["rng"])
-        task.data.load_state_dict(rank_state["data"])
+    mirror = CheckpointMirror.open(checkpoint_store, cfg.storage.endpoint_url_env) if checkpoint_store and main \
+        else None
+    config = digest_config(cfg, train_cfg, task.config_keys)
+    checkpoints = Checkpoints(out / "checkpoints", cfg.checkpoints.keep_last, dist.rank, config)
+    version = resolve_data_version(data_version)
+    expect = TrainerState(task.name, 0, 0, dist.world_size, config_digest(config), data_version=version)
+    if main:
+        fetch_records(out, mirror)
+    state, resumed_from = _resume(checkpoints, mirror, task, g_engine, d_engine, ema, expect, dist, resume, out)
     history: dict[str, list[tuple[int, float]]] = {}
     if main:
         for row in _truncate_record(out / METRICS_FILE, state.iteration):  # the curves span restarts
@@ -314,11 +417,18 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
     run = None
     if main:
         atomic_write_text(out / DEEPSPEED_FILE, json.dumps(engines.ds_config, indent=2) + "\n")
+        earlier = read_run_record(out).get("run_id")
         run = TrackingRun.start(cfg.tracking, f"train_{task.name}", tracking_params,
-                                lineage_tags(f"train_{task.name}", data_version), resume_run_id=state.mlflow_run_id)
+                                lineage_tags(f"train_{task.name}", version),
+                                resume_run_id=state.mlflow_run_id if resumed_from else None, previous_run_id=earlier)
         state.mlflow_run_id = run.run_id
-        run.set_tags({"world_size": str(dist.world_size), "device": dist.device.type,
-                      "resumed_from": resumed_from.name if resumed_from else "none"})
+        # before the first step: a kill from here on leaves the run id for the next start to continue or retire
+        write_run_record(out, {"run_id": run.run_id, "stage": task.name, "tracking_uri": run.uri}, mirror)
+        tags = {"world_size": str(dist.world_size), "device": dist.device.type,
+                "resumed_from": resumed_from.name if resumed_from else "none",
+                "checkpoint_store": mirror.uri if mirror else "none"}
+        tags.update({f"dvc_dep.{path}": md5 for path, md5 in dvc_dep_hashes().items()})
+        run.set_tags(tags)
         if resumed_from is None:
             run.log_artifact(out / DEEPSPEED_FILE)
     monitor = _start_monitor(task.name, cfg) if main else None
@@ -372,6 +482,8 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
             if due or stopping or state.iteration == total_iterations:
                 rank_state = {"rng": rng_state(), "data": task.data.state_dict()}
                 last_checkpoint = checkpoints.save(state, g_engine, d_engine, ema, rank_state, task.export_metadata())
+                if main and mirror is not None:
+                    _upload(mirror, last_checkpoint, out, cfg.checkpoints.keep_last)
                 if main:
                     monitor.checkpointed()
                     monitor.push()
@@ -463,8 +575,13 @@ def _finish(task: StageTask, ema: nn.Module, out: Path, run, history, checkpoint
         _save_png(curve, out / "plots" / "losses.png")
     run.log_artifact(out / METRICS_FILE)
     if not preempted:
+        from components.io.tracking import artifact_uri
+
         run.log_artifact(model_dir / f"{task.name}.safetensors", "model")
-        run.set_tags({"final_checkpoint": checkpoint.name if checkpoint else "none"})
+        tags = {"model_uri": artifact_uri(run.run_id, f"model/{task.name}.safetensors"), "final_checkpoint": "none"}
+        if checkpoint is not None:  # resumable as it is: engines, EMA, RNG and data position
+            tags["final_checkpoint"] = run.log_artifacts(checkpoint, f"checkpoint/{checkpoint.name}")
+        run.set_tags(tags)
     run.finish("KILLED" if preempted else "FINISHED")
 
 

@@ -41,6 +41,10 @@ from model import losses as L
 from model.cameras import LabelLayout, sample_cameras
 
 REQUIRED_ASSETS = ["flame_model", "flame_landmarks", "arcface", "lpips", "pdfgc"]
+# The config keys this stage reads (its DVC params in pipelines/dag.py are the same; tests hold them equal).
+CONFIG_KEYS = ("profile", "seed", "cameras", "losses", "deepspeed", "checkpoints", "train", "psi",
+               "networks.psi", "networks.psi3d", "networks.discriminator", "networks.pdfgc", "networks.lpips",
+               "networks.arcface", "networks.deformation")
 
 
 def render_psi(psi, image, source_motion, motion, c, resolution, deform_fn, c_cross, generator):
@@ -70,6 +74,7 @@ class PsiTask(StageTask):
         self.data, self._fixed_stream, self.device = data, fixed_stream, device
         self.batch, self.total_images = cfg.psi.batch, cfg.psi.total_images
         self.ema_rampup = None  # official: Ψ resumes from Ψ_3d, which switches the EMA ramp-up off
+        self.config_keys = CONFIG_KEYS
 
     def schedule(self, images_seen: int) -> StepSchedule:
         return psi_schedule(images_seen, self.cfg.psi, self.train_cfg)
@@ -146,7 +151,8 @@ class PsiTask(StageTask):
 
 
 def run(cfg: P4DConfig, data: str | Path, psi3d: str | Path, out: str | Path, assets: str | Path, *,
-        resume: bool = False, device: str = "auto", progress: bool = True) -> TrainResult:
+        resume: bool = False, device: str = "auto", progress: bool = True,
+        checkpoint_store: str | None = None) -> TrainResult:
     """Train Ψ into ``out`` from the Ψ_3d weights at ``psi3d`` (a `p4d train psi3d` output, or a weights file)."""
     train_cfg = train_config(cfg)
     if cfg.networks.psi.motion_dim != cfg.networks.pdfgc.motion_dim:
@@ -180,5 +186,11 @@ def run(cfg: P4DConfig, data: str | Path, psi3d: str | Path, out: str | Path, as
     task = PsiTask(cfg, train_cfg, psi.train(), discriminator.train(), frozen(teacher), pdfgc, lpips, arcface,
                    conditioner, stream, fixed, dist.device)
     params = {**cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
-              "run": {"world_size": dist.world_size, "micro_batch_per_gpu": micro, "psi3d_weights": str(weights)}}
-    return train(task, cfg, train_cfg, out, dist, resume, params, data_version(data), progress)
+              "run": {"world_size": dist.world_size, "micro_batch_per_gpu": micro, "psi3d_weights": _relative(weights, psi3d)}}
+    return train(task, cfg, train_cfg, out, dist, resume, params, data_version(data), progress, checkpoint_store)
+
+
+def _relative(weights: Path, psi3d: str | Path) -> str:
+    """The Ψ_3d weights file as a path inside the --psi3d run folder (a parameter names no local absolute path)."""
+    base = Path(psi3d)
+    return weights.relative_to(base).as_posix() if base.is_dir() and weights.is_relative_to(base) else weights.name

@@ -27,6 +27,12 @@ from components.train.stage import prepare, sample_cameras_c, tiles
 from model import losses as L
 
 REQUIRED_ASSETS = ["genhead", "flame_model", "flame_landmarks", "arcface", "lpips"]
+# The config keys this stage reads (its DVC params in pipelines/dag.py are the same; tests hold them equal).
+# networks.psi's image size is read too, but the config forces every network's img_resolution equal.
+CONFIG_KEYS = ("profile", "seed", "cameras", "losses", "deepspeed", "checkpoints", "train", "psi3d",
+               "networks.psi3d", "networks.genhead", "networks.discriminator", "networks.lpips", "networks.arcface",
+               "networks.deformation")
+ONLINE_CONFIG_KEYS = ("synthesize", "camera_mix_fitted_prob")  # the online GenHead sampler's (--online)
 ONLINE_FIXED_IDENTITY = 1 << 41  # sample-grid identities: away from the training draws
 
 
@@ -52,6 +58,7 @@ class Psi3dTask(StageTask):
         self.conditioner, self.data, self._fixed_stream, self.device = conditioner, data, fixed_stream, device
         self.batch, self.total_images = cfg.psi3d.batch, cfg.psi3d.total_images
         self.ema_rampup = train_cfg.ema_rampup  # official: ramp-up on when not resuming from a pickle
+        self.config_keys = CONFIG_KEYS
 
     def schedule(self, images_seen: int) -> StepSchedule:
         return psi3d_schedule(images_seen, self.cfg.psi3d, self.train_cfg)
@@ -133,8 +140,10 @@ def _psi3d_streams(cfg: P4DConfig, train_cfg: TrainConfig, data: str | None, onl
 
 
 def run(cfg: P4DConfig, data: str | None, out: str | Path, assets: str | Path, *, online_labels=None,
-        resume: bool = False, device: str = "auto", progress: bool = True) -> TrainResult:
-    """Train Ψ_3d into ``out`` (checkpoints, model/psi3d.safetensors, metrics.jsonl, deepspeed_config.json)."""
+        resume: bool = False, device: str = "auto", progress: bool = True,
+        checkpoint_store: str | None = None) -> TrainResult:
+    """Train Ψ_3d into ``out`` (checkpoints, model/psi3d.safetensors, metrics.jsonl, deepspeed_config.json);
+    with ``checkpoint_store`` every checkpoint is uploaded there and a start resumes from it."""
     train_cfg = train_config(cfg)
     if data is None and not online_labels:
         raise TrainingDataError("no training data: pass --data (synthesized shards) and/or --online with --labels")
@@ -154,8 +163,10 @@ def run(cfg: P4DConfig, data: str | None, out: str | Path, assets: str | Path, *
         del genhead  # only the online sampler keeps GenHead
     task = Psi3dTask(cfg, train_cfg, psi.train(), discriminator.train(), lpips, arcface, conditioner, stream,
                      fixed, dist.device)
+    if online_labels:
+        task.config_keys = CONFIG_KEYS + ONLINE_CONFIG_KEYS
     version = data_version(data) if data is not None else "online"
     params = {**cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
               "run": {"world_size": dist.world_size, "micro_batch_per_gpu": micro, "online": bool(online_labels)}}
-    return train(task, cfg, train_cfg, out, dist, resume, params, version, progress)
+    return train(task, cfg, train_cfg, out, dist, resume, params, version, progress, checkpoint_store)
 

@@ -147,3 +147,89 @@ def test_psi3d_weights_are_found_in_a_run_folder_or_its_checkpoints(tmp_path):
     assert find_psi3d_weights(tmp_path / "run") == tmp_path / "run" / "model" / "psi3d.safetensors"
     with pytest.raises(WeightsError, match="no Ψ_3d weights"):
         find_psi3d_weights(tmp_path / "elsewhere")
+
+
+# ------------------------------------------------------------------------------ fallback over bad checkpoints
+def _three(tmp_path, keep_last: int = 3):
+    ema = nn.Linear(3, 2)
+    ckpts = Checkpoints(tmp_path / "ck", keep_last=keep_last, rank=0, config={"psi3d": {"lr": 1e-4}})
+    return ckpts, [save(ckpts, images, ema, value=float(images)) for images in (16, 32, 48)]
+
+
+def test_a_truncated_or_missing_file_is_found_before_any_engine_is_touched(tmp_path):
+    from components.train.checkpoint import problem
+
+    ckpts, (c16, c32, c48) = _three(tmp_path)
+    assert problem(c48) is None and json.loads((c48 / "MANIFEST.json").read_text())["ema.safetensors"]["size"] > 0
+    data = (c48 / EMA_FILE).read_bytes()
+    (c48 / EMA_FILE).write_bytes(data[: len(data) // 2])
+    assert problem(c48) == f"ema.safetensors is {len(data) // 2} bytes, {len(data)} were written (truncated or overwritten)"
+    (c32 / "generator.pt").unlink()
+    assert problem(c32) == "generator.pt is missing"
+    raw = bytearray((c16 / "rank-00000.pt").read_bytes())
+    raw[-10] ^= 0xFF  # same size, one flipped byte
+    (c16 / "rank-00000.pt").write_bytes(bytes(raw))
+    assert problem(c16) == "rank-00000.pt does not match its sha256 (corrupted)"
+
+
+def test_resume_skips_bad_checkpoints_newest_first_and_removes_them(tmp_path, capsys):
+    from components.train.resume import candidates
+
+    ckpts, (c16, c32, c48) = _three(tmp_path)
+    (c48 / EMA_FILE).write_bytes(b"\0" * 10)
+    skipped: list[str] = []
+    found = candidates(ckpts, None, skipped)
+    assert next(found) == c32
+    out = capsys.readouterr().out
+    assert "resume: skipped ckpt-000000000048: ema.safetensors is 10 bytes" in out and "removed it" in out
+    assert skipped == ["ckpt-000000000048"] and not c48.exists()
+    g, d = FakeEngine(0), FakeEngine(0)
+    loaded, _ = ckpts.load(c32, g, d, nn.Linear(3, 2), state(0))
+    assert (loaded.images_seen, g.value) == (32, 32.0)
+    # the next save at 48 images writes a new checkpoint rather than keeping the removed bad one
+    assert (save(ckpts, 48, nn.Linear(3, 2)) / COMPLETE).is_file()
+
+
+def test_with_no_good_checkpoint_nothing_is_resumed(tmp_path, capsys):
+    from components.train.resume import candidates
+
+    ckpts, paths = _three(tmp_path)
+    for p in paths:
+        (p / "trainer.json").write_text("{ not json")
+    skipped: list[str] = []
+    assert list(candidates(ckpts, None, skipped)) == []
+    assert skipped == ["ckpt-000000000048", "ckpt-000000000032", "ckpt-000000000016"]
+    assert "trainer.json unreadable" in capsys.readouterr().out
+
+
+def test_a_config_change_is_refused_naming_the_keys_that_differ(tmp_path):
+    ckpts, (_, _, c48) = _three(tmp_path)
+    now = Checkpoints(tmp_path / "ck", keep_last=3, rank=0, config={"psi3d": {"lr": 2e-4}, "seed": 1})
+    with pytest.raises(CheckpointError, match="different configuration") as err:
+        now.load(c48, FakeEngine(0), FakeEngine(0), nn.Linear(3, 2), state(0, config_sha256="xyz"))
+    assert "psi3d.lr: 0.0001 in the checkpoint, 0.0002 now; seed: (absent) in the checkpoint, 1 now" in str(err.value)
+    assert "start a new --out" in str(err.value)
+    with pytest.raises(CheckpointError, match="trained on data version v1 and this run's data is v2"):
+        now.check_fits(c48, TrainerState(**{**state(48).__dict__, "data_version": "v1"}),
+                       state(0, data_version="v2"))
+
+
+def test_the_store_mirror_uploads_marker_last_and_downloads_whole(tmp_path):
+    from components.io.storage import LocalStore
+    from components.train.durable import CheckpointMirror
+    from components.train.resume import candidates
+
+    ckpts, (c16, c32, c48) = _three(tmp_path)
+    mirror = CheckpointMirror(LocalStore(tmp_path / "store"))
+    for p in (c16, c32, c48):
+        mirror.upload(p)
+    mirror.store.delete("checkpoints/ckpt-000000000048/COMPLETE")  # as if the upload of 48 was cut short
+    assert mirror.complete() == ["ckpt-000000000016", "ckpt-000000000032"]
+    mirror.prune(1)
+    assert mirror.complete() == ["ckpt-000000000032"]
+    assert not (tmp_path / "store" / "checkpoints" / "ckpt-000000000016").exists()
+    # a new attempt with an empty output folder: the stored checkpoint comes down, complete
+    fresh = Checkpoints(tmp_path / "attempt2", keep_last=3, rank=0)
+    [got] = list(candidates(fresh, mirror, []))
+    assert got == tmp_path / "attempt2" / "ckpt-000000000032" and (got / COMPLETE).is_file()
+    assert (got / EMA_FILE).read_bytes() == (c32 / EMA_FILE).read_bytes()
