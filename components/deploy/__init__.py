@@ -1,0 +1,1 @@
+"""The `deploy` stage: Triton model repository, the real tritonserver, rollout/rollback, and the client."""
