@@ -8,6 +8,10 @@ networks, data stream, schedule and the per-micro-batch generator losses.
 
 Rank 0 records every iteration in ``OUT/metrics.jsonl`` (the schedule values in force and the loss
 terms averaged over ranks), which is also what the tests read to check the schedule switches.
+
+A start resumes from the newest good checkpoint, in ``OUT/checkpoints`` or in the durable checkpoint
+store (components.train.resume, .durable), refusing one written with another configuration or on
+other data; with a store, every checkpoint is uploaded as soon as it is written.
 """
 
 from __future__ import annotations

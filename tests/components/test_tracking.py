@@ -133,8 +133,14 @@ def test_a_training_run_records_params_metrics_images_and_artifacts(tmp_path, ml
     def listing(path=None):
         return {a.path for a in client.list_artifacts(run_id, path)}
 
-    assert {"deepspeed_config.json", "metrics.jsonl", "samples", "curves", "model"} <= listing()
+    assert {"deepspeed_config.json", "metrics.jsonl", "samples", "curves", "model", "checkpoint"} <= listing()
     assert listing("model") == {"model/psi3d.safetensors"}
+    # the final checkpoint is logged whole, and tags refer to artifacts relative to the artifact store
+    assert tags["final_checkpoint"] == f"runs:/{run_id}/checkpoint/ckpt-000000000048"
+    assert tags["model_uri"] == f"runs:/{run_id}/model/psi3d.safetensors"
+    assert "checkpoint/ckpt-000000000048/ema.safetensors" in listing("checkpoint/ckpt-000000000048")
+    assert not [k for k, v in tags.items() if v.startswith(("/", "file:")) or str(tmp_path) in v]
+    assert client.get_run(tags["mlflow.parentRunId"]).data.tags["pipeline_run_id"] == "pipeline-run-42"
     assert listing("samples") == {f"samples/grid-{n:012d}.png" for n in (16, 32, 48)}
     assert listing("curves") == {"curves/losses-000000000048.png"}
     from PIL import Image
@@ -144,3 +150,43 @@ def test_a_training_run_records_params_metrics_images_and_artifacts(tmp_path, ml
     assert grid.size == (5 * 66 + 2, 2 * 66 + 2)
     ds = Path(client.download_artifacts(run_id, "deepspeed_config.json", str(tmp_path))).read_text()
     assert '"train_batch_size": 2' in ds
+
+
+def test_runs_continue_retire_dead_ones_and_nest_under_the_pipeline_run(mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from components.config import build_config
+    from components.io.tracking import TrackingRun
+
+    section = build_config("tiny").tracking
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("P4D_PIPELINE_RUN_ID", "kfp-run-7")
+    monkeypatch.delenv("MLFLOW_PARENT_RUN_ID", raising=False)
+    client = MlflowClient(tracking_uri=mlflow_server)
+
+    first = TrackingRun.start(section, "train_psi3d", {"a": 1}, {"stage": "train_psi3d"})
+    other = TrackingRun.start(section, "train_psi", {"a": 1}, {"stage": "train_psi"})
+    parent = client.get_run(first.run_id).data.tags["mlflow.parentRunId"]
+    assert client.get_run(other.run_id).data.tags["mlflow.parentRunId"] == parent  # one pipeline run
+    assert client.get_run(parent).data.tags["p4d.kind"] == "pipeline"
+
+    # the process of `first` died before a checkpoint: the next start retires it and links the two
+    second = TrackingRun.start(section, "train_psi3d", {"a": 1}, {}, previous_run_id=first.run_id)
+    old = client.get_run(first.run_id)
+    assert old.info.status == "KILLED" and old.data.tags["p4d.superseded_by"] == second.run_id
+    assert client.get_run(second.run_id).data.tags["p4d.previous_run_id"] == first.run_id
+
+    # a start that resumes the checkpoint of `second` continues it
+    client.set_terminated(second.run_id, "KILLED")
+    again = TrackingRun.start(section, "train_psi3d", {"a": 1}, {}, resume_run_id=second.run_id,
+                              previous_run_id=second.run_id)
+    assert again.run_id == second.run_id and again.status() == "RUNNING"
+    assert client.get_run(again.run_id).data.tags["resumed"] == "true"
+
+    # a checkpoint whose run this server does not know: a new run, not a crash
+    unknown = TrackingRun.start(section, "train_psi3d", {"a": 1}, {}, resume_run_id="f" * 32)
+    assert unknown.run_id != "f" * 32
+
+    monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", other.run_id)  # given explicitly, it wins
+    child = TrackingRun.start(section, "train_psi3d", {"a": 1}, {})
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == other.run_id

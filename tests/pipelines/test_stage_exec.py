@@ -119,3 +119,20 @@ def test_count_items_reads_a_shard_index(tmp_path):
         json.dumps({"totals": {"views": 12}, "labels": {"skipped": {"non-finite values": 2, "wrong width": 1}}})
     )
     assert count_items(tmp_path) == (12, 3)
+
+
+def test_training_checkpoint_store_is_per_pipeline_run_and_stage_not_per_attempt(tmp_path, monkeypatch):
+    from pipelines.stage_exec import checkpoint_store_uri
+
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: tiny\nstorage:\n  bucket: models-bucket\n  prefix: team/p4d\n")
+    monkeypatch.delenv("P4D_CHECKPOINT_ROOT", raising=False)
+    train = STAGE_BY_NAME["train_psi3d"]
+    uri = checkpoint_store_uri(train, params, "1f0c-run/7")
+    assert uri == "s3://models-bucket/team/p4d/checkpoints/1f0c-run-7/train_psi3d"
+    assert checkpoint_store_uri(train, params, "1f0c-run/7") == uri  # a retry gets the same prefix
+    assert checkpoint_store_uri(STAGE_BY_NAME["train_psi"], params, "1f0c-run/7").endswith("/train_psi")
+    assert checkpoint_store_uri(train, params, "") is None  # outside a pipeline run: local checkpoints only
+    assert checkpoint_store_uri(STAGE_BY_NAME["synthesize"], params, "r") is None  # not a resuming stage
+    monkeypatch.setenv("P4D_CHECKPOINT_ROOT", str(tmp_path / "durable"))
+    assert checkpoint_store_uri(train, params, "r1") == f"{tmp_path / 'durable'}/r1/train_psi3d"
