@@ -144,11 +144,10 @@ def ensure_params_keys(params_path: Path, keys: list[str]) -> list[str]:
         lines[-1] += "\n"
     appended: list[str] = []
     for top in dict.fromkeys(k.split(".")[0] for k in missing):
-        section = raw.get(top) if isinstance(raw.get(top), dict) else ({} if top in raw else None)
-        if section is None and top in missing:
+        if not is_section(top):  # a plain value (seed, camera_mix_fitted_prob): missing means absent
             appended.append(yaml.safe_dump({top: _value(top, cfg)}, default_flow_style=False, sort_keys=False))
             continue
-        section = dict(section or {})
+        section = dict(raw[top]) if isinstance(raw.get(top), dict) else {}
         for key in (k for k in missing if k.split(".")[0] == top and "." in k):
             node = section
             *parents, leaf = key.split(".")[1:]

@@ -119,3 +119,12 @@ def test_sub_section_keys_are_added_inside_their_section_keeping_overrides(tmp_p
     text = params.read_text()
     assert text.startswith("# mine\n") and "# after\nseed: 1\n" in text
     assert missing_params_keys(params, ["networks.genhead", "networks.psi3d", "psi3d"]) == []
+
+
+def test_a_section_and_its_sub_sections_are_added_together(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: tiny\nseed: 0\n")  # what `p4d demo` starts from
+    ensure_params_keys(params, ["profile", "networks", "networks.genhead", "camera_mix_fitted_prob"])
+    data = yaml.safe_load(params.read_text())
+    assert data["networks"] == {"genhead": {}} and data["camera_mix_fitted_prob"] == 0.5
+    assert missing_params_keys(params, ["networks", "networks.genhead", "camera_mix_fitted_prob"]) == []
