@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reenactment metrics of a trained Ψ on held-out clips, sample renders, gate thresholds, MLflow run",
         description="Render held-out test clips with a trained Ψ and measure them: self-reenactment (PSNR, SSIM, "
         "LPIPS, CSIM, AED, APD, AKD), cross-reenactment (CSIM, AED, APD), novel-view identity (CSIM) and FID "
-        "when Inception weights are supplied. Writes metrics.json (means, 95%% bootstrap intervals, counts, "
+        "when Inception weights are supplied. Writes metrics.json (means, 95% bootstrap intervals, counts, "
         "what was not computed and why), per_item.parquet, gate.json (thresholds for `p4d register`), "
         "README.md and samples/ (grid.png, reenactment.mp4, turntable.mp4), and logs all of it to an MLflow "
         "run named 'evaluate'. The output folder appears only when complete.",
