@@ -75,6 +75,10 @@ class CropTransform:
     def apply(self, points: np.ndarray) -> np.ndarray:
         return self.scale * (points - np.asarray(self.center)) + np.asarray(self.anchor)
 
+    def invert(self, points: np.ndarray) -> np.ndarray:
+        """Crop px -> source px."""
+        return (np.asarray(points) - np.asarray(self.anchor)) / self.scale + np.asarray(self.center)
+
     def source_box(self) -> tuple[float, float, float, float]:
         """The source rectangle the crop covers (may leave the image)."""
         cx, cy = self.center

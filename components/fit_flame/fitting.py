@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from kornia.geometry.conversions import rotation_matrix_to_axis_angle
 
 from components.fit_flame.config import FitFlameConfig
@@ -200,7 +201,10 @@ class FlameFitter(torch.nn.Module):
 
     def predict(self, head_pose, face_centre, shape, expression, jaw_pose, eye_pose, group_of) -> torch.Tensor:
         """(B, L, 2) landmarks at 512 for unscaled parameters (shape per group)."""
-        points = self.landmarks_world(shape[group_of], expression, jaw_pose, eye_pose.repeat(1, 2))
+        # one-hot matmul, not shape[group_of]: the gradient of an index gather accumulates in a thread-dependent
+        # order on CPU, and L-BFGS turns that round-off into run-to-run differences of the fit
+        per_item = F.one_hot(group_of, shape.shape[0]).to(shape.dtype) @ shape
+        points = self.landmarks_world(per_item, expression, jaw_pose, eye_pose.repeat(1, 2))
         return project(points - self.pivot, head_pose, face_centre, 512)
 
     def objective(self, head_pose, face_centre, shape, expression, jaw_pose, eye_pose, units, targets512, group_of,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.fit_flame.alignment import crop_image, crop_transform, pos_crop_params, smooth_crop_params
+from components.fit_flame.alignment import CropTransform, crop_image, crop_transform, pos_crop_params, smooth_crop_params
 from components.fit_flame.config import FitFlameConfig
 from components.fit_flame.landmarks import FaceLandmarker, FaceLandmarks
 from components.fit_flame.manifest import FAILED, OK, ItemFailure, ManifestRow
@@ -34,6 +34,7 @@ class AlignedFace:
     crop: np.ndarray  # (S, S, 3) uint8
     landmarks: np.ndarray  # (478, 2) crop px, +y down
     notes: list[str] = field(default_factory=list)
+    transform: CropTransform | None = None  # source px -> crop px (inverted for landmarks in the source frame)
 
 
 def _detect(rgb: np.ndarray, landmarker: FaceLandmarker, cfg: FitFlameConfig) -> tuple[FaceLandmarks, list[str]]:
@@ -53,7 +54,7 @@ def _pos(face: FaceLandmarks, height: int) -> tuple[np.ndarray, float]:
 
 def _align(rgb, face: FaceLandmarks, notes, center, pos_scale, cfg: FitFlameConfig) -> AlignedFace:
     transform = crop_transform(center, pos_scale, cfg.crop_size, cfg.crop_pos_scale, cfg.crop_pos_center)
-    return AlignedFace(crop_image(rgb, transform), transform.apply(face.points).astype(np.float32), notes)
+    return AlignedFace(crop_image(rgb, transform), transform.apply(face.points).astype(np.float32), notes, transform)
 
 
 def align_image(rgb: np.ndarray, landmarker: FaceLandmarker, cfg: FitFlameConfig) -> AlignedFace:
