@@ -13,6 +13,7 @@ Schedules are counted in *images seen*, so they do not depend on the number of G
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,12 @@ from model.networks.genhead import GenHeadConfig
 from model.networks.lpips import LPIPSConfig
 from model.networks.pdfgc import PDFGCConfig
 from model.networks.psi.config import PsiConfig
+from components.animate.config import AnimateConfig
+from components.deploy.config import DeployConfig
+from components.evaluate.config import EvaluateConfig
 from components.fit_flame.config import FitFlameConfig
 from components.platform import PlatformConfig, tiny_overrides as platform_tiny_overrides
+from components.register.config import RegisterConfig
 from components.synthesize.config import SynthesizeConfig
 from components.train.config import TrainConfig
 
@@ -172,6 +177,11 @@ class NetworksSection(Strict):
         return self.psi.img_resolution
 
 
+# The `register` section's name is also ABCMeta.register (pydantic models are ABCs); the field shadows it on
+# instances, which is what we want: silence pydantic's warning about it, and only it.
+warnings.filterwarnings("ignore", message='Field name "register" in "P4DConfig" shadows', category=UserWarning)
+
+
 class P4DConfig(Strict):
     profile: Profile = Field("tiny", description="named profile this config was built from")
     seed: int = Field(0, ge=0)
@@ -192,6 +202,10 @@ class P4DConfig(Strict):
     tracking: TrackingSection = TrackingSection()
     metrics: MetricsSection = MetricsSection()
     platform: PlatformConfig = PlatformConfig()
+    register: RegisterConfig = RegisterConfig()
+    animate: AnimateConfig = AnimateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def _paper() -> dict[str, Any]:
@@ -237,6 +251,9 @@ def _tiny() -> dict[str, Any]:
         "deepspeed": {"zero_stage": 0, "bf16": False},
         "platform": platform_tiny_overrides(),
         "checkpoints": {"every_images": 16, "keep_last": 2, "ema_half_life_images": 8},
+        "register": RegisterConfig.tiny().model_dump(),
+        "evaluate": EvaluateConfig.tiny().model_dump(),
+        "deploy": DeployConfig.tiny().model_dump(),
     }
 
 

@@ -21,6 +21,10 @@ COMMAND_MODULES = [
     "components.fit_flame.cli",
     "components.synthesize.cli",
     "components.train.cli",
+    "components.animate.cli",
+    "components.evaluate.cli",
+    "components.register.cli",
+    "components.deploy.cli",
     "pipelines.pipeline_cli",
     "pipelines.main_job",
 ]
