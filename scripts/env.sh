@@ -11,3 +11,8 @@ fi
 # torch==2.13.0 is pinned in pyproject.toml; on CPU machines pip takes the local CPU wheel.
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/python -m pip check
+# checkov (k8s pod-security / RBAC checks in tests/pipelines/test_k8s_policy.py) pins versions the project cannot
+# share (boto3, packaging, networkx): it gets its own environment, every dependency pinned in the requirements file.
+[ -x .venv/checkov/bin/python ] || "$PY" -m venv .venv/checkov
+.venv/checkov/bin/python -m pip install --quiet -r k8s/policy/checkov-requirements.txt
+.venv/checkov/bin/python -m pip check

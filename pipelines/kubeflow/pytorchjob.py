@@ -21,6 +21,13 @@ from components.platform import PlatformConfig
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 WORKDIR = "/p4d/work"
 APP_LABELS = {"app.kubernetes.io/part-of": "portrait4d", "app.kubernetes.io/component": "training"}
+SERVICE_ACCOUNT = "p4d-training"  # k8s/base/rbac/workloads.yaml: no API rights, no token
+# The "restricted" Pod Security Standard (the p4d namespace enforces it): non-root, seccomp RuntimeDefault, no
+# privilege escalation, every capability dropped, read-only root (HOME and caches on the /tmp emptyDir).
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
 
 
 class PyTorchJobError(P4DError):
@@ -60,6 +67,7 @@ def _env(platform: PlatformConfig, secrets: tuple[str, ...]) -> list[dict]:
         {"name": "MLFLOW_TRACKING_URI", "value": e.mlflow_tracking_uri},
         {"name": "PUSHGATEWAY_URL", "value": e.pushgateway_url},
         {"name": "P4D_METRICS_ADDR", "value": "0.0.0.0"},  # rank 0 serves /metrics to the PodMonitor
+        {"name": "HOME", "value": "/tmp"},  # read-only root: torch/DeepSpeed/Triton kernel caches go to the emptyDir
     ]
     if e.s3_endpoint_url:
         env.insert(0, {"name": "AWS_ENDPOINT_URL", "value": e.s3_endpoint_url})
@@ -74,7 +82,9 @@ def pod_template(rs: ResolvedStage, platform: PlatformConfig, args: list[str]) -
     res, pool = rs.resources, platform.gpu_pool
     limits = {"cpu": res.cpu, "memory": res.memory}
     spec: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [
             {
                 "name": "pytorch",  # the training operator looks for this container name
@@ -84,11 +94,11 @@ def pod_template(rs: ResolvedStage, platform: PlatformConfig, args: list[str]) -
                 "env": _env(platform, rs.stage.secrets),
                 "resources": {"requests": dict(limits), "limits": limits},
                 "ports": [{"name": "metrics", "containerPort": platform.pytorchjob.metrics_port}],
-                "volumeMounts": [{"name": "work", "mountPath": WORKDIR}],
-                "securityContext": {"allowPrivilegeEscalation": False},
+                "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}],
+                "securityContext": copy.deepcopy(CONTAINER_SECURITY),
             }
         ],
-        "volumes": [{"name": "work", "emptyDir": {}}],
+        "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
     }
     container = spec["containers"][0]
     if rs.uses_gpu_pool:

@@ -180,8 +180,6 @@ def test_overlay_passes_pod_security_rbac_and_network_checks(overlay, tmp_path):
     assert all(any(c.startswith(f"Pod.{w.split('.', 1)[1]}.") for c in covered) for w in workloads)
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/kubeflow/pytorchjob.py (not k8s/) still renders the training "
-                   "pod without seccomp, dropped capabilities, a read-only root or its own service account")
 def test_pytorchjob_pods_pass_pod_security_checks(tmp_path):
     report = _checkov(_write(tmp_path, "pytorchjob-pods.yaml", _pytorchjob_pods()), sorted(PSS_CHECKS) + ["CKV_K8S_38"])
     assert _failures(report) == []
