@@ -98,12 +98,14 @@ def _metric_table(ev: Evaluation, ctx: CardContext) -> list[str]:
         rule = ev.gate.get(name)
         if name not in ev.metrics:
             reason = ev.not_computed.get(name, "missing from the evaluation")
-            lines.append(f"| `{name}` | not computed | – | – | {_fmt(champ.get(name))} | – | {_rule_text(rule)} | "
-                         f"{'**failed**' if name in failed else '–'} ({reason}) |")
+            verdict = "**failed**" if name in failed else "–"
+            lines.append(f"| `{name}` | not computed | – | – | {_fmt(champ.get(name))} | – | "
+                         f"{_rule_text(rule)} | {verdict} ({reason}) |")
             continue
         value = ev.metrics[name]
         lo_hi = ev.intervals.get(name)
-        result = "–" if rule is None else ("**failed**" if name in failed else "passed")
+        gated = rule is not None and (rule.threshold is not None or rule.max_regression is not None)
+        result = "**failed**" if name in failed else ("passed" if gated else "–")
         lines.append(
             f"| `{name}` | {value:.4g} | {f'[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]' if lo_hi else '–'} | "
             f"{ev.counts.get(name, '–')} | {_fmt(champ.get(name))} | {_delta(value, champ.get(name), rule)} | "

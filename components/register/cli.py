@@ -33,7 +33,8 @@ def _add_register(subparsers: argparse._SubParsersAction) -> None:
                         help="writes package/ and registration.json here")
     parser.add_argument("--assets", type=Path, default=None, metavar="DIR",
                         help="asset folder Ψ was trained with (not needed when --psi is a model package)")
-    parser.add_argument("--pipeline-run-id", default=None, help="pipeline run to link (default: env P4D_PIPELINE_RUN_ID)")
+    parser.add_argument("--pipeline-run-id", default=None,
+                        help="pipeline run to link (default: env P4D_PIPELINE_RUN_ID)")
     parser.add_argument("--dvc-lock", type=Path, default=None, metavar="FILE",
                         help="dvc.lock with the data hashes (default: ./dvc.lock when present)")
     parser.add_argument("--device", default="cpu", help="device for writing the package (default: cpu)")
@@ -63,7 +64,8 @@ def _add_review(subparsers: argparse._SubParsersAction) -> None:
         "setting an alias or tag in the MLflow UI is the same as using this command. Who acts: env "
         "P4D_REVIEWER, else the OS user.",
     )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow server (default: MLFLOW_TRACKING_URI, then config)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow server (default: MLFLOW_TRACKING_URI, then config)")
     parser.add_argument("--model", default=None, help="registered model name (default: tracking.registered_model)")
     parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="policy profile (default: each version's own profile, or --params)")

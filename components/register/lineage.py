@@ -112,10 +112,24 @@ def training_record(run_dir: str | Path | None) -> TrainingRecord:
     if run_dir is None or not Path(run_dir).is_dir():
         return TrainingRecord(None, None, None)
     done = complete_checkpoints(Path(run_dir) / "checkpoints")
-    if not done:
-        return TrainingRecord(None, None, None)
+    if not done:  # only the final export: its metadata holds the images seen
+        return TrainingRecord(None, _exported_images_seen(Path(run_dir)), None)
     state = json.loads((done[-1] / STATE_FILE).read_text(encoding="utf-8"))
     return TrainingRecord(state.get("mlflow_run_id"), state.get("images_seen"), state.get("config_sha256"))
+
+
+def _exported_images_seen(run_dir: Path) -> int | None:
+    import safetensors
+
+    from components.train.models import MODEL_DIR
+
+    for path in sorted((run_dir / MODEL_DIR).glob("*.safetensors")):
+        if path.name.startswith("discriminator"):
+            continue
+        with safetensors.safe_open(str(path), "pt") as fh:
+            seen = (fh.metadata() or {}).get("images_seen")
+        return int(seen) if seen and seen.isdigit() else None
+    return None
 
 
 def psi3d_folder(psi_run_params: dict[str, str]) -> Path | None:

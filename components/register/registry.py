@@ -38,6 +38,11 @@ class RegistryError(P4DError):
     """A review action cannot be done (unknown version, foreign version, policy); the message says why."""
 
 
+def version_of(mv) -> str:
+    """A version number as text (the REST store answers strings, the sqlite store ints)."""
+    return str(mv.version)
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -115,7 +120,7 @@ class Registry:
         try:
             return self.client.get_model_version(self.name, str(version))
         except MlflowException:
-            known = ", ".join(mv.version for mv in reversed(self.versions())) or "none"
+            known = ", ".join(version_of(mv) for mv in reversed(self.versions())) or "none"
             raise RegistryError(f"model {self.name!r} has no version {version} (versions: {known})") from None
 
     def by_alias(self, alias: str):
@@ -166,10 +171,16 @@ class Registry:
                  **{k: v for k, v in details.items() if v is not None}}
         self.client.set_model_version_tag(self.name, str(version), key, json.dumps(entry, sort_keys=True))
 
+    def _drop_challenger(self, version: str) -> None:
+        """A version that is decided (approved or rejected) no longer waits for review."""
+        challenger = self.by_alias(self.policy.challenger_alias)
+        if challenger is not None and version_of(challenger) == version:
+            self.client.delete_registered_model_alias(self.name, self.policy.challenger_alias)
+
     def _require_ours(self, mv, action: str) -> None:
         if not self.is_ours(mv):
             raise RegistryError(
-                f"{self.name} version {mv.version} has no {self.policy.owner_tag!r} tag: it was not registered by "
+                f"{self.name} version {version_of(mv)} has no {self.policy.owner_tag!r} tag: it was not registered by "
                 f"p4d (another team's or a hand-made version), so p4d will not {action} it")
 
     def set_challenger(self, version: str) -> None:
@@ -182,7 +193,7 @@ class Registry:
         """Make ``version`` the champion; returns the previous champion's version (None if there was none)."""
         by = by or reviewer()
         mv = self.get(version)
-        version = mv.version
+        version = version_of(mv)
         self._require_ours(mv, f"make {self.policy.champion_alias!r} of")
         tags = mv.tags or {}
         profile = tags.get("profile", "paper")
@@ -197,7 +208,7 @@ class Registry:
                 f"{self.name} version {version} failed the gate ({tags.get('gate_failures', 'gate not recorded')}); "
                 "pass --force to approve it anyway (recorded in its tags)")
         previous = self.by_alias(self.policy.champion_alias)
-        previous_version = previous.version if previous is not None else None
+        previous_version = version_of(previous) if previous is not None else None
         self.audit(version, "approve", by, note=note, forced=forced or None, previous_champion=previous_version)
         self.client.set_registered_model_alias(self.name, self.policy.champion_alias, version)
         self.set_tags(version, {
@@ -206,28 +217,26 @@ class Registry:
             "previous_champion": previous_version if previous_version not in (None, version)
             else tags.get("previous_champion", "none"),
         })
-        if getattr(self.by_alias(self.policy.challenger_alias), "version", None) == version:
-            self.client.delete_registered_model_alias(self.name, self.policy.challenger_alias)
+        self._drop_challenger(version)
         return previous_version
 
     def reject(self, version: str | int, note: str, *, by: str | None = None) -> None:
         by = by or reviewer()
         mv = self.get(version)
-        version = mv.version
+        version = version_of(mv)
         champion = self.by_alias(self.policy.champion_alias)
-        if champion is not None and champion.version == version:
+        if champion is not None and version_of(champion) == version:
             raise RegistryError(f"{self.name} version {version} is the {self.policy.champion_alias}: run `p4d review "
                                 "rollback` (or approve another version) before rejecting it")
         self.audit(version, "reject", by, note=note)
         self.set_tags(version, {"approval": REJECTED, "rejected_by": by, "rejected_at": utc_now(),
                                 "approval_note": note})
-        if getattr(self.by_alias(self.policy.challenger_alias), "version", None) == version:
-            self.client.delete_registered_model_alias(self.name, self.policy.challenger_alias)
+        self._drop_challenger(version)
 
     def rollback_target(self, champion) -> Any:
         """The previous approved version: follow ``previous_champion`` from the champion; without a usable
         link (e.g. the alias was set in the UI) the most recently approved other version."""
-        seen = {champion.version}
+        seen = {version_of(champion)}
         link = (champion.tags or {}).get("previous_champion")
         while link and link != "none" and link not in seen:
             seen.add(link)
@@ -238,7 +247,7 @@ class Registry:
             if self.is_ours(mv) and (mv.tags or {}).get("approval") == APPROVED:
                 return mv
             link = (mv.tags or {}).get("previous_champion")
-        approved = [mv for mv in self.versions() if mv.version != champion.version and self.is_ours(mv)
+        approved = [mv for mv in self.versions() if version_of(mv) != version_of(champion) and self.is_ours(mv)
                     and (mv.tags or {}).get("approval") == APPROVED]
         return max(approved, key=lambda mv: (mv.tags or {}).get("approved_at", ""), default=None)
 
@@ -251,14 +260,15 @@ class Registry:
         target = self.rollback_target(champion)
         if target is None:
             raise RegistryError(f"{self.name}: no approved version before {self.policy.champion_alias} version "
-                                f"{champion.version} to roll back to")
-        self.audit(champion.version, "rollback", by, note=note, replaced_by=target.version)
-        self.audit(target.version, "restore", by, note=note, replaced=champion.version)
-        self.client.set_registered_model_alias(self.name, self.policy.champion_alias, target.version)
-        self.set_tags(champion.version, {"approval": ROLLED_BACK, "rolled_back_by": by, "rolled_back_at": utc_now(),
-                                         "rolled_back_to": target.version})
-        self.set_tags(target.version, {"restored_by": by, "restored_at": utc_now()})
-        return champion.version, target.version
+                                f"{version_of(champion)} to roll back to")
+        old, new = version_of(champion), version_of(target)
+        self.audit(old, "rollback", by, note=note, replaced_by=new)
+        self.audit(new, "restore", by, note=note, replaced=old)
+        self.client.set_registered_model_alias(self.name, self.policy.champion_alias, new)
+        self.set_tags(old, {"approval": ROLLED_BACK, "rolled_back_by": by, "rolled_back_at": utc_now(),
+                            "rolled_back_to": new})
+        self.set_tags(new, {"restored_by": by, "restored_at": utc_now()})
+        return old, new
 
     def alias_map(self) -> dict[str, list[str]]:
         """version -> its aliases (``search_model_versions`` does not return aliases; the registered model does)."""

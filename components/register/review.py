@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from components.register.registry import Registry
+from components.register.registry import Registry, version_of
 
 LINEAGE_PREFIXES = ("run.", "dvc.", "schedule.")
 LINEAGE_KEYS = ("profile", "config_sha256", "git_commit", "synthetic_assets", "data_version", "pipeline_run_id",
@@ -35,9 +35,9 @@ def list_table(registry: Registry) -> str:
         tags = mv.tags or {}
         metrics = registry.metrics(mv)
         ours = registry.is_ours(mv)
-        rows.append([mv.version, _created(mv), tags.get("gate", "-") if ours else "-",
+        rows.append([version_of(mv), _created(mv), tags.get("gate", "-") if ours else "-",
                      *[f"{metrics[k]:.4g}" if k in metrics else "-" for k in keys],
-                     ",".join(aliases.get(mv.version, [])) or "-",
+                     ",".join(aliases.get(version_of(mv), [])) or "-",
                      tags.get("approval", "-") if ours else "foreign (not p4d)"])
     return _table(rows)
 
@@ -46,7 +46,7 @@ def show_text(registry: Registry, version: str) -> str:
     """Card, metrics, lineage, artifact links and audit trail of one version."""
     mv = registry.get(version)
     tags = mv.tags or {}
-    out = [f"{registry.name} version {mv.version}  created {_created(mv)} UTC  aliases: "
+    out = [f"{registry.name} version {version_of(mv)}  created {_created(mv)} UTC  aliases: "
            f"{', '.join(sorted(getattr(mv, 'aliases', None) or [])) or 'none'}",
            f"gate: {tags.get('gate', '-')}  failures: {tags.get('gate_failures', '-')}",
            f"approval: {tags.get('approval', '-')}" + "".join(
@@ -58,7 +58,7 @@ def show_text(registry: Registry, version: str) -> str:
     out += ["", "metrics:"] + ([f"  {k} = {v:.6g}" for k, v in sorted(metrics.items())] or ["  none"])
     out += ["", "lineage:"] + [f"  {k} = {v}" for k, v in sorted(tags.items())
                                if k in LINEAGE_KEYS or k.startswith(LINEAGE_PREFIXES)]
-    out += ["", "artifacts:", f"  model: models:/{registry.name}/{mv.version}  (source {mv.source})"]
+    out += ["", "artifacts:", f"  model: models:/{registry.name}/{version_of(mv)}  (source {mv.source})"]
     if mv.run_id:
         out += [f"  register run: runs:/{mv.run_id}/",
                 *[f"  {a.path}" for a in _artifacts(registry, mv.run_id, "evaluation")]]

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.io.atomic import atomic_write_text
-from components.io.tracking import TrackingError, git_commit, tracking_uri
+from components.io.tracking import TrackingError, TrackingRun, git_commit, lineage_tags, tracking_uri
 from components.register.card import CardContext, model_card
 from components.register.evaluation import Evaluation, read_evaluation
 from components.register.gate import GateResult, apply_gate
 from components.register.lineage import DvcLineage, LineageError, dvc_lineage, psi3d_folder, training_record
-from components.register.registry import PENDING, Registry, RegistryError, connect
+from components.register.registry import PENDING, Registry, RegistryError, connect, version_of
 
 REGISTRATION_FILE = "registration.json"
 PACKAGE_DIR = "package"
@@ -163,17 +163,17 @@ def run(cfg, psi_dir: str | Path, evaluation_dir: str | Path, out_dir: str | Pat
     champion = registry.by_alias(policy.champion_alias)
     champion_metrics = None
     if champion is not None and not registry.is_ours(champion):
-        notes.append(f"champion version {champion.version} was not registered by p4d (no {policy.owner_tag!r} tag): "
-                     "no regression check against it")
+        notes.append(f"champion version {version_of(champion)} was not registered by p4d (no "
+                     f"{policy.owner_tag!r} tag): no regression check against it")
         champion = None
     elif champion is not None:
         champion_metrics = registry.metrics(champion)
-    foreign = [mv.version for mv in registry.versions() if not registry.is_ours(mv)]
+    foreign = [version_of(mv) for mv in registry.versions() if not registry.is_ours(mv)]
     if foreign:
         notes.append(f"model {name!r} also holds versions not registered by p4d ({', '.join(foreign)}): p4d never "
                      "aliases them")
     gate = apply_gate(ev.gate, ev.metrics, champion_metrics,
-                      f"champion v{champion.version}" if champion is not None else "champion")
+                      f"champion v{version_of(champion)}" if champion is not None else "champion")
 
     package, synthetic = _write_package(cfg, psi_dir, Path(assets) if assets else None, out, device)
     synthetic = synthetic or ev.synthetic_assets
@@ -189,14 +189,13 @@ def run(cfg, psi_dir: str | Path, evaluation_dir: str | Path, out_dir: str | Pat
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
     runs: dict[str, str | None] = {"psi3d": psi3d_record.run_id, "psi": psi_run, "evaluate": ev.evaluate_run_id}
+    # the run is created like every stage's (experiment, artifact location, config as params, lineage tags)
+    tracked = TrackingRun.start(cfg.tracking, "register", cfg.model_dump(mode="json"),
+                                lineage_tags("register", ev.data_version) | {"pipeline_run_id": pipeline_run_id})
+    run_id = runs["register"] = tracked.run_id
     try:
-        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="register",
-                              tags={"stage": "register", "pipeline_run_id": pipeline_run_id,
-                                    "data_version": ev.data_version, "git_commit": git_commit()}) as active:
-            run_id = active.info.run_id
-            runs["register"] = run_id
+        with mlflow.start_run(run_id=run_id):
             info = log_psi_model(package, example_portrait(), name=MODEL_ARTIFACT)
             mlflow.log_metrics(ev.metrics, model_id=info.model_id)
             mlflow.log_artifact(str(ev.folder / "metrics.json"), EVALUATION_ARTIFACTS)
@@ -215,14 +214,14 @@ def run(cfg, psi_dir: str | Path, evaluation_dir: str | Path, out_dir: str | Pat
     def card(version: str | None) -> str:
         return model_card(ev, CardContext(
             name, version, cfg.profile, tags["config_sha256"], tags["git_commit"], gate,
-            champion.version if champion is not None else None, champion_metrics, dvc, schedule,
+            version_of(champion) if champion is not None else None, champion_metrics, dvc, schedule,
             {role: (runs.get(role), links.get(role)) for role in ("psi3d", "psi", "evaluate", "register")},
             samples, pipeline_run_id, (policy.champion_alias, policy.challenger_alias), tuple(notes)))
 
     _ensure_registered_model(client, name)
     mv = client.create_model_version(name, source=info.model_uri, run_id=run_id, tags=tags, description=card(None),
                                      model_id=info.model_id, run_link=links.get("register"))
-    version = mv.version
+    version = version_of(mv)
     client.update_model_version(name, version, description=card(version))
     approved = False
     if gate.passed:

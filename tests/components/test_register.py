@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -73,48 +72,6 @@ def review(capsys, uri: str, name: str, *args: str) -> tuple[int, str, str]:
     code = p4d(["review", "--tracking-uri", uri, "--model", name, *args])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-# ----------------------------------------------------------------------------------------------- servers
-@pytest.fixture(scope="session")
-def mlflow_s3_server(tmp_path_factory, s3_server):
-    """`mlflow server` (sqlite) whose artifact store is a bucket on the moto S3 server (proxied artifacts)."""
-    import boto3
-
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="mlflow-artifacts")
-    root = tmp_path_factory.mktemp("mlflow-register")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    env = {**os.environ, **creds, "MLFLOW_S3_ENDPOINT_URL": s3_server}
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", "s3://mlflow-artifacts/root", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not come up within 120 s") from None
-                time.sleep(0.3)
-        yield {"uri": uri, "s3": s3_server, "bucket": "mlflow-artifacts", "creds": creds}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group we started
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def dvc_project(root: Path, psi_src: Path, evaluation_src: Path) -> Path:
@@ -229,6 +186,25 @@ def test_evaluation_contract_is_checked_and_names_are_mapped_to_mlflow_keys(tmp_
         read_evaluation(folder)
 
 
+def test_training_record_reads_the_checkpoint_or_the_final_export(tmp_path):
+    import safetensors.torch
+    import torch
+
+    from components.register.lineage import psi3d_folder, training_record
+
+    (tmp_path / "psi" / "model").mkdir(parents=True)
+    safetensors.torch.save_file({"w": torch.zeros(1)}, str(tmp_path / "psi" / "model" / "psi.safetensors"),
+                                metadata={"network": "psi", "images_seen": "32"})
+    assert training_record(tmp_path / "psi").images_seen == 32 and training_record(None).run_id is None
+    ckpt = tmp_path / "psi3d" / "checkpoints" / "ckpt-000000000048"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer.json").write_text(json.dumps({"images_seen": 48, "mlflow_run_id": "abc", "config_sha256": "d"}))
+    (ckpt / "COMPLETE").write_text("")
+    folder = psi3d_folder({"run.psi3d_weights": str(ckpt / "ema.safetensors")})
+    assert folder == tmp_path / "psi3d" and training_record(folder) == (
+        training_record(folder).__class__("abc", 48, "d"))
+
+
 def test_unreachable_tracking_server_fails_with_the_uri_after_retries_and_writes_nothing(tmp_path, tiny_model,
                                                                                         capsys, monkeypatch):
     from components.config import build_config
@@ -285,7 +261,7 @@ def test_passing_candidate_carries_lineage_metrics_and_the_challenger_then_champ
     assert tags["previous_champion"] == "none"
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_failing_candidate_is_registered_but_never_aliased(registered):
     client, name, second = registered["client"], registered["name"], registered["second"]
     assert not second.gate.passed and second.version == "2"
@@ -299,7 +275,7 @@ def test_failing_candidate_is_registered_but_never_aliased(registered):
     assert json.loads((registered["root"] / "out-b" / "registration.json").read_text())["gate"] == "failed"
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_model_card_holds_metrics_deltas_links_and_use_limits(registered):
     client, name, uri = registered["client"], registered["name"], registered["uri"]
     card = client.get_model_version(name, "2").description
@@ -323,7 +299,7 @@ def test_model_card_holds_metrics_deltas_links_and_use_limits(registered):
     assert f"p4d review approve 1" in card1
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_artifacts_live_on_the_s3_bucket(registered):
     import boto3
 
@@ -336,7 +312,7 @@ def test_artifacts_live_on_the_s3_bucket(registered):
     assert any(k.endswith("evaluation/samples/grid.png") for k in keys)
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_champion_loads_in_a_separate_process_and_renders_the_animators_frame(registered, tiny_model, tmp_path):
     """A fresh process loads `models:/NAME@champion` and renders; the Animator in that same process renders the
     same request from the training folder. Equal up to the engine's own run-to-run noise: the CPU FLAME fit
@@ -357,7 +333,8 @@ def test_champion_loads_in_a_separate_process_and_renders_the_animators_frame(re
         "open(sys.argv[2], 'wb').write(frame)\n"
         "a = Animator.load(sys.argv[3], sys.argv[4])\n"
         "src = a.prepare_source(decode_image(request['source'][0]))\n"
-        "np.save(sys.argv[5], a.render(src, a.driving_motion([decode_image(request['driving'][0])], smooth=False))[0])\n"
+        "motion = a.driving_motion([decode_image(request['driving'][0])], smooth=False)\n"
+        "np.save(sys.argv[5], a.render(src, motion)[0])\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(request), str(tmp_path / "frame.png"),
                            str(tiny_model["psi"]), str(tiny_model["assets"]), str(tmp_path / "animator.npy")],
@@ -380,7 +357,7 @@ def _champion(registered) -> str:
     return registered["client"].get_model_version_by_alias(registered["name"], "champion").version
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_review_list_and_show(registered, capsys):
     code, out, _ = review(capsys, registered["uri"], registered["name"], "list")
     lines = out.splitlines()
@@ -397,7 +374,7 @@ def test_review_list_and_show(registered, capsys):
     assert code == 2 and "has no version 9 (versions: 1, 2" in err
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_approve_reject_rollback_move_aliases_and_leave_an_audit_trail(registered, capsys, monkeypatch):
     uri, name, client = registered["uri"], registered["name"], registered["client"]
     monkeypatch.setenv("P4D_REVIEWER", "bob")
@@ -444,7 +421,7 @@ def test_approve_reject_rollback_move_aliases_and_leave_an_audit_trail(registere
     assert f"Triton at {triton} is not live" in err and f"deploying {name} version 1 to {triton}" in out
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_ui_alias_is_the_same_state_and_foreign_versions_are_never_aliased(registered, capsys):
     uri, name, client = registered["uri"], registered["name"], registered["client"]
     foreign = client.create_model_version(name, source="s3://other-team/models/face-swap", tags={"team": "other"})
@@ -459,7 +436,7 @@ def test_ui_alias_is_the_same_state_and_foreign_versions_are_never_aliased(regis
     assert "challenger,champion" in row1
 
 
-@pytest.mark.slow  # shares the module's two registrations (~1.5 min on 2 busy cores)
+@pytest.mark.slow  # shares the module's two registrations: 24 s on an idle 2-core box, ~90 s when busy
 def test_concurrent_approvals_both_land_in_the_audit_trail(registered):
     from components.register.registry import Registry
 
@@ -474,7 +451,7 @@ def test_concurrent_approvals_both_land_in_the_audit_trail(registered):
         except BaseException as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=approve, args=("1", "carol")), threading.Thread(target=approve, args=("2", "dave"))]
+    threads = [threading.Thread(target=approve, args=(version, who)) for version, who in (("1", "carol"), ("2", "dave"))]
     for t in threads:
         t.start()
     for t in threads:
