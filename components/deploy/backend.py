@@ -74,6 +74,13 @@ def _parameter(model_config: dict, key: str) -> str:
     return model_config.get("parameters", {}).get(key, {}).get("string_value", "")
 
 
+def torch_dtype(name: str | None):
+    """The Animator dtype of ``deploy.dtype`` ("" / None: the Animator's default for the device)."""
+    import torch
+
+    return {"": None, None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 def render_frame(animator, source, request: Request, row: int) -> np.ndarray:
     """(S, S, 3) uint8: ``source`` driven by row ``row`` of the request (driving frame or motion vector),
     rendered from the request's CAMERA when given, else from the driving frame's own camera."""
@@ -96,7 +103,6 @@ class TritonPythonModel:
     """What the Python backend instantiates (``initialize`` / ``execute`` / ``finalize``)."""
 
     def initialize(self, args: dict) -> None:
-        import torch
         import triton_python_backend_utils as pb_utils
 
         from components.animate import Animator
@@ -109,8 +115,7 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        dtype = {"": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[_parameter(config, DTYPE_PARAMETER)]
-        self.animator = Animator.load(package, device=device, dtype=dtype)
+        self.animator = Animator.load(package, device=device, dtype=torch_dtype(_parameter(config, DTYPE_PARAMETER)))
         _ = self.animator.landmarker  # built now (MediaPipe graphs take seconds), not inside the first request
         self.limits = Limits(
             max_image_bytes=int(_parameter(config, MAX_IMAGE_BYTES_PARAMETER)),

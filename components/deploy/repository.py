@@ -68,6 +68,7 @@ def next_version(store: Store, cfg: DeployConfig) -> int:
 
 def _write_version(folder: Path, package: Path) -> None:
     """A version folder: model.py + a copy of the package."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_FILE).write_text(MODEL_PY)
     shutil.copytree(package, folder / PACKAGE_DIR)
 

@@ -208,17 +208,23 @@ def tag_registry(model_uri: str, tags: dict[str, str]) -> None:
 
 
 def rollout_model(model_uri: str, repo: str | Path, triton_url: str, cfg: DeployConfig | None = None,
-                  assets: Path | None = None, config=None, reference_device: str = "cpu") -> RolloutResult:
+                  assets: Path | None = None, config=None, reference_device: str | None = None) -> RolloutResult:
     """Export ``model_uri`` as a new version into ``repo`` and make it live on ``triton_url`` (see the
     module docstring). Raises RolloutError after rolling back when it cannot. ``p4d deploy rollout`` and
-    ``p4d review approve --deploy`` call this."""
+    ``p4d review approve --deploy`` call this.
+
+    The smoke reference is rendered here on the kind of device the server renders on (``deploy.instance_kind``,
+    same dtype): a CPU fp32 frame is not within ±1 of a GPU bf16 one, so a GPU endpoint is rolled out from a
+    process with a GPU."""
     from components.animate import Animator
+    from components.deploy.backend import torch_dtype
 
     cfg = cfg or DeployConfig()
+    reference_device = reference_device or ("cuda" if cfg.instance_kind == "gpu" else "cpu")
     base = http_base(triton_url)
     if http_status(f"{base}/v2/health/live") != 200:
         raise RolloutError(f"Triton at {triton_url} is not live (GET /v2/health/live); nothing exported")
-    animator = Animator.load(model_uri, assets, device=reference_device, config=config)
+    animator = Animator.load(model_uri, assets, device=reference_device, dtype=torch_dtype(cfg.dtype), config=config)
     try:
         with tempfile.TemporaryDirectory(prefix="p4d-package-") as tmp:
             package = animator.save_package(Path(tmp) / "package")

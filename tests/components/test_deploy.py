@@ -270,6 +270,7 @@ def test_idle_session_expires(tiny_model, animator, photos, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- rollout / rollback
+@pytest.mark.slow
 def test_corrupt_version_is_rolled_back_and_the_old_one_keeps_serving(served, photos, animator, tiny_model, tmp_path):
     repo, server = served["repo"], served["server"]
     corrupt = tmp_path / "package"
@@ -299,6 +300,29 @@ def test_smoke_mismatch_is_rolled_back(served, photos, tiny_model, animator):
     with pytest.raises(RolloutError, match=r"differs from the Animator's render by up to \d+ \(allowed 1\)"):
         activate(repo, server.http_url, CFG, new, photos["source"], photos["driving"], wrong)
     assert new not in versions(open_store(repo), CFG.model_name)
+
+
+@pytest.mark.slow
+def test_repository_on_s3_is_written_and_served_from_s3(s3_server, tiny_model, animator, photos, monkeypatch):
+    """Export to S3 (moto) through the project's store, then Triton reads the repository from S3 itself."""
+    import boto3
+
+    from components.deploy.server import triton_repository
+
+    for key, value in (("AWS_ENDPOINT_URL", s3_server), ("AWS_ACCESS_KEY_ID", "testing"),
+                       ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="p4d-models")
+    repo = "s3://p4d-models/triton"
+    export_package(tiny_model["package"], repo, CFG, animator.image_size, animator.motion_dim)
+    assert versions(open_store(repo), CFG.model_name) == [1]
+    assert triton_repository(repo) == f"s3://{s3_server}/p4d-models/triton"
+    motion = _motion(animator, 1, seed=6)
+    want = animator.render(photos["encoded"], animator.motion_from_vectors(motion, source=photos["encoded"]))
+    with start_server(triton_repository(repo), [CFG.model_name], free_port(), free_port(), free_port()) as server:
+        with Endpoint.open(server.http_url) as endpoint:
+            out = endpoint.infer(CFG.model_name, {"SOURCE": photos["source_png"], "MOTION": motion[0]})
+    _within_one(out[IMAGE], want[0])
 
 
 # ------------------------------------------------------------------------------------- the stage CLI
@@ -370,6 +394,32 @@ def test_infer_cli_writes_the_video_and_prints_latency(served, photos, tmp_path,
     printed = capsys.readouterr().out
     assert "source encoded 1 time(s)" in printed and re.search(r"3 frames, [0-9.]+ frames/s, latency p50 \d+ ms", printed)
     assert len(read_frames(out)) == 3
+
+
+@pytest.mark.slow
+def test_serve_cli_runs_until_sigterm(served):
+    """`p4d deploy serve` (the container's command): ready on /v2/health/ready, SIGTERM stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from components.deploy.server import http_status
+
+    http = free_port()
+    exe = str(Path(sys.executable).with_name("p4d"))
+    proc = subprocess.Popen([exe, "deploy", "serve", "--repo", str(served["repo"]), "--model", CFG.model_name,
+                             "--http-port", str(http), "--grpc-port", str(free_port()),
+                             "--metrics-port", str(free_port())], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "deploy serve: ready: portrait4d" in proc.stdout.readline()
+        assert http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
+        assert http_status(f"http://127.0.0.1:{http}/v2/models/{CFG.model_name}/ready") == 200
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "deploy serve: stopped" in out
+    assert http_status(f"http://127.0.0.1:{http}/v2/health/live") == 0
 
 
 # ------------------------------------------------------------------------------------------ the image
