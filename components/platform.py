@@ -112,6 +112,7 @@ class PlatformConfig(_Strict):
     # the prefixes below are under s3://{storage.bucket}/{storage.prefix}
     raw_images_prefix: str = Field("raw/images/", description="new photos land here (sub-prefixes = shards)")
     raw_clips_prefix: str = Field("raw/clips/", description="new video clips land here (sub-prefixes = shards)")
+    raw_clips_test_prefix: str = Field("raw/clips_test/", description="held-out test clips (evaluate; never trained on)")
     assets_prefix: str = Field("assets/", description="the licensed asset bundle")
     marker_key: str = Field(
         "pipeline/last-success.json", description="data version of the last successful run (scheduled runs)"
@@ -120,6 +121,7 @@ class PlatformConfig(_Strict):
         default_factory=lambda: {
             "fit_flame": StageResources(cpu="8", memory="32Gi", gpus=1, shm="8Gi", retries=2),
             "fit_flame_video": StageResources(cpu="8", memory="32Gi", gpus=1, shm="8Gi", retries=2),
+            "fit_flame_test": StageResources(cpu="8", memory="32Gi", gpus=1, shm="8Gi", retries=2),
             "synthesize": StageResources(cpu="8", memory="64Gi", gpus=1, shm="16Gi", retries=2),
             # one full 8x A100-80GB node, as in the paper (8 days each); nodes > 1 -> PyTorchJob
             "train_psi3d": StageResources(cpu="64", memory="480Gi", gpus=8, shm="64Gi", retries=3),

@@ -74,7 +74,9 @@ DATA: dict[str, Data] = {
         Data("raw_clips", "data/raw/clips", "real video clips (VFHQ-like); on S3 one sub-prefix per shard", True, True),
         Data("assets", "assets", "the asset bundle (FLAME, embeddings, weights); `p4d assets list`", True),
         Data("labels_images", "data/fit_flame/images", "aligned crops, 437-float labels, motion, manifest"),
+        Data("raw_clips_test", "data/raw/clips_test", "held-out test clips, never trained on (evaluate)", True),
         Data("labels_clips", "data/fit_flame/clips", "per-frame crops, labels and motion of the clips"),
+        Data("labels_clips_test", "data/fit_flame/clips_test", "per-frame crops, labels and motion of the test clips"),
         Data("multiview", "data/synthesize", "GenHead pseudo multi-view shards + index"),
         Data("psi3d", "models/psi3d", "Ψ_3d checkpoints"),
         Data("psi", "models/psi", "Ψ checkpoints"),
@@ -85,7 +87,8 @@ DATA: dict[str, Data] = {
 }
 
 _COMMON = ("profile", "seed")
-_TRAIN = (*_COMMON, "networks", "cameras", "losses", "deepspeed", "checkpoints", "train")
+# Training reads these plus its own networks (the stage's CONFIG_KEYS in components/train; tests hold them equal).
+_TRAIN = (*_COMMON, "cameras", "losses", "deepspeed", "checkpoints", "train")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -95,7 +98,7 @@ STAGES: tuple[Stage, ...] = (
          "--device", "{device}", "--params", "{params}"),
         inputs=("raw_images", "assets"),
         outputs=("labels_images",),
-        params=(*_COMMON, "fit_flame"),
+        params=("profile", "fit_flame"),
         description="landmarks, 512 alignment, FLAME + camera fit, motion features of the photos",
         gpu=True,
         fan_out="raw_images",
@@ -108,10 +111,22 @@ STAGES: tuple[Stage, ...] = (
          "--device", "{device}", "--params", "{params}"),
         inputs=("raw_clips", "assets"),
         outputs=("labels_clips",),
-        params=(*_COMMON, "fit_flame"),
+        params=("profile", "fit_flame"),
         description="the same for video clips (frames sampled per clip, one shape per clip)",
         gpu=True,
         fan_out="raw_clips",
+        secrets=("s3", "mlflow"),
+    ),
+    Stage(
+        "fit_flame_test",
+        ("fit-flame",),
+        ("--input", "{raw_clips_test}", "--video", "--assets", "{assets}", "--out", "{labels_clips_test}",
+         "--device", "{device}", "--params", "{params}"),
+        inputs=("raw_clips_test", "assets"),
+        outputs=("labels_clips_test",),
+        params=("profile", "fit_flame"),
+        description="the same for the held-out test clips (their own data node: training never reads it)",
+        gpu=True,
         secrets=("s3", "mlflow"),
     ),
     Stage(
@@ -121,7 +136,8 @@ STAGES: tuple[Stage, ...] = (
          "--device", "{device}", "--params", "{params}"),
         inputs=("labels_images", "assets"),
         outputs=("multiview",),
-        params=(*_COMMON, "networks", "cameras", "camera_mix_fitted_prob", "psi3d", "synthesize"),
+        params=(*_COMMON, "networks.genhead", "networks.deformation", "cameras", "camera_mix_fitted_prob",
+                "synthesize"),
         description="GenHead renders K views per identity from fitted FLAME conditions and sampled cameras",
         gpu=True,
         fan_out="raw_images",
@@ -136,7 +152,8 @@ STAGES: tuple[Stage, ...] = (
         ("--data", "{multiview}", "--assets", "{assets}", "--out", "{psi3d}", "--params", "{params}", "--resume"),
         inputs=("multiview", "assets"),
         outputs=("psi3d",),
-        params=(*_TRAIN, "psi3d", "synthesize"),  # synthesize: the online GenHead sampler
+        params=(*_TRAIN, "psi3d", "networks.psi3d", "networks.genhead", "networks.discriminator", "networks.lpips",
+                "networks.arcface", "networks.deformation"),
         description="static 3D synthesizer Ψ_3d on the pseudo multi-view data (DeepSpeed)",
         gpu=True,
         distributed=True,
@@ -149,7 +166,8 @@ STAGES: tuple[Stage, ...] = (
          "--params", "{params}", "--resume"),
         inputs=("labels_clips", "psi3d", "assets"),
         outputs=("psi",),
-        params=(*_TRAIN, "psi"),
+        params=(*_TRAIN, "psi", "networks.psi", "networks.psi3d", "networks.discriminator", "networks.pdfgc",
+                "networks.lpips", "networks.arcface", "networks.deformation"),
         description="4D synthesizer Ψ from Ψ_3d on real clip pairs + frozen-Ψ_3d pseudo multi-view (DeepSpeed)",
         gpu=True,
         distributed=True,
@@ -158,37 +176,40 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate",
         ("evaluate",),
-        ("--psi", "{psi}", "--data", "{labels_clips}", "--assets", "{assets}", "--out", "{evaluation}",
-         "--params", "{params}"),
-        inputs=("psi", "labels_clips", "assets"),
+        ("--psi", "{psi}", "--data", "{labels_clips_test}", "--train-data", "{labels_clips}", "--assets", "{assets}",
+         "--out", "{evaluation}", "--device", "{device}", "--params", "{params}"),
+        inputs=("psi", "labels_clips_test", "labels_clips", "assets"),  # labels_clips: the leakage check
         outputs=("evaluation",),
-        params=(*_COMMON, "networks"),
-        description="reenactment metrics and sample renders",
+        # the Animator's settings (fitting, neck field, cameras, rendering resolution) and the metric networks
+        params=(*_COMMON, "networks.psi", "networks.lpips", "networks.arcface", "networks.deformation", "fit_flame",
+                "cameras", "psi", "animate", "evaluate"),
+        description="reenactment metrics on held-out clips, sample renders, gate thresholds",
         gpu=True,
         secrets=("s3", "mlflow"),
-        planned=True,
     ),
     Stage(
         "register",
         ("register",),
-        ("--psi", "{psi}", "--evaluation", "{evaluation}", "--out", "{registration}", "--params", "{params}"),
-        inputs=("psi", "evaluation"),
+        ("--psi", "{psi}", "--evaluation", "{evaluation}", "--assets", "{assets}", "--out", "{registration}",
+         "--params", "{params}"),
+        inputs=("psi", "evaluation", "assets"),  # assets: the model package carries the ones the Animator needs
         outputs=("registration",),
-        params=(*_COMMON, "tracking"),
+        params=(*_COMMON, "tracking", "register"),
         description="log Ψ to the MLflow registry as a candidate for review",
         secrets=("s3", "mlflow"),
-        planned=True,
     ),
+    # Without --triton (DVC locally) it exports the repository and, with deploy.local_smoke (tiny), loads and
+    # smoke-tests it on a local tritonserver it starts and stops; an unapproved registration deploys nothing.
     Stage(
         "deploy",
-        ("deploy",),
+        ("deploy", "rollout"),
         ("--registration", "{registration}", "--out", "{model_repository}", "--params", "{params}"),
         inputs=("registration",),
         outputs=("model_repository",),
-        params=_COMMON,
-        description="export the Triton model repository and roll the endpoint",
+        params=(*_COMMON, "deploy"),
+        description="export the Triton model repository and roll the endpoint (smoke test, rollback)",
+        gpu=True,  # the smoke reference renders on the device kind the server uses (GPU bf16 in paper)
         secrets=("s3", "mlflow"),
-        planned=True,
     ),
 )
 

@@ -48,7 +48,8 @@ def default_arguments(
     cfg: P4DConfig, platform: PlatformConfig, stages: list[Stage], params_text: str | None = None
 ) -> dict[str, object]:
     root = storage_root(cfg)
-    prefixes = {"raw_images": platform.raw_images_prefix, "raw_clips": platform.raw_clips_prefix, "assets": platform.assets_prefix}
+    prefixes = {"raw_images": platform.raw_images_prefix, "raw_clips": platform.raw_clips_prefix,
+                "raw_clips_test": platform.raw_clips_test_prefix, "assets": platform.assets_prefix}
     args: dict[str, object] = {f"{n}_uri": root + prefixes[n] for n in _sources(stages)}
     args.update(
         marker_uri=root + platform.marker_key,
@@ -118,9 +119,11 @@ def build_pipeline(
         force: bool = False,
         raw_images_uri: str = defaults.get("raw_images_uri", ""),
         raw_clips_uri: str = defaults.get("raw_clips_uri", ""),
+        raw_clips_test_uri: str = defaults.get("raw_clips_test_uri", ""),
         assets_uri: str = defaults.get("assets_uri", ""),
     ):
-        uris = {"raw_images": raw_images_uri, "raw_clips": raw_clips_uri, "assets": assets_uri}
+        uris = {"raw_images": raw_images_uri, "raw_clips": raw_clips_uri, "raw_clips_test": raw_clips_test_uri,
+                "assets": assets_uri}
         prep = prepare(
             **{f"{n}_uri": uris[n] for n in sources},
             marker_uri=marker_uri, params_yaml=params_yaml, force=force,
