@@ -178,8 +178,12 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.process.wait()
+        deadline = time.monotonic() + 10
         try:
             os.killpg(self.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:  # until the kernel has removed the whole group
+                os.killpg(self.pid, 0)
+                time.sleep(0.05)
         except (ProcessLookupError, PermissionError):
             pass
         shutil.rmtree(self.workdir / "backends", ignore_errors=True)
