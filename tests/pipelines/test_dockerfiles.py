@@ -36,8 +36,8 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def test_there_is_a_gpu_and_a_cpu_image():
-    assert {p.name for p in DOCKERFILES} == {"Dockerfile.cpu", "Dockerfile.gpu"}
+def test_there_is_a_gpu_a_cpu_and_a_triton_image():
+    assert {p.name for p in DOCKERFILES} == {"Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.triton"}
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
