@@ -29,9 +29,21 @@ from components.io.storage import Store, open_store
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.py"
-MODEL_PY = '''"""Triton Python-backend entry of a p4d model version: the adapter lives in the installed project."""
+MODEL_PY = '''"""Triton Python-backend entry of a p4d model version: the adapter lives in the installed project.
 
-from components.deploy.backend import TritonPythonModel  # noqa: F401
+The backend stub imports this file as the module ``model`` with its folder on ``sys.path``, which would hide
+the project's own ``model`` package (the networks): free that name before importing the adapter.
+"""
+
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+if getattr(sys.modules.get("model"), "__file__", None) == os.path.abspath(__file__):
+    del sys.modules["model"]
+
+from components.deploy.backend import TritonPythonModel  # noqa: E402,F401
 '''
 
 
