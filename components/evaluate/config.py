@@ -59,9 +59,11 @@ def _paper_gate() -> dict[str, GateRule]:
 
 def _tiny_gate() -> dict[str, GateRule]:
     """The tiny profile trains random-width networks for a few dozen images: its renders are not faces.
-    Only bounds every finite result meets (PSNR of any two 8-bit images is >= 0 dB, SSIM >= -1, LPIPS
-    and identity cosine are bounded), so the demo exercises the gate without pretending to quality."""
-    floors = {"eval/self/psnr": 0.0, "eval/self/ssim": -1.0, "eval/self/csim": -1.0, "eval/cross/csim": -1.0}
+    Only bounds every finite result meets (PSNR of any two 8-bit images is >= 0 dB, SSIM >= -1), and only on
+    the pixel metrics, which are always computed: identity metrics need a face in the render, which a tiny Ψ
+    does not draw, and a gated metric that is missing fails the gate. So the demo exercises the gate without
+    pretending to quality."""
+    floors = {"eval/self/psnr": 0.0, "eval/self/ssim": -1.0}
     return {name: GateRule(threshold=floors.get(name)) for name in METRIC_NAMES}
 
 
