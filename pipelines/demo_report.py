@@ -107,8 +107,12 @@ def log_pipeline_run(out: Path, runs: list, profile: str, tracking_uri: str) -> 
 
 
 def write_report(
-    out: Path, runs: list, profile: str, assets: Path, synthetic: bool, run_id: str | None, tracking_uri: str
+    out: Path, runs: list, profile: str, assets: Path, synthetic: bool, run_id: str | None, tracking_uri: str,
+    shown=None,
 ) -> Path:
+    from pipelines.dag import DATA
+    from pipelines.demo_showcase import evaluation_table, infer_latency, registration_lines
+
     images = out / "report"
     grid = crop_grid(out, runs, images / "crops.png")
     synth = synthesized_grid(out, runs, images / "synthesized.png")
@@ -136,6 +140,40 @@ def write_report(
     if failures:
         lines += ["", "## Items that failed (kept in the manifest with a reason)", "", "| stage | item | reason |", "|---|---|---|"]
         lines += [f"| {stage} | `{Path(row['source']).name}` | {row['reason']} |" for stage, row in failures]
+    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    if shown is not None and shown.reenactment is not None:
+        lines += ["", "## The trained Ψ in use (`p4d animate`)", "",
+                  "A held-out test clip drives the source photo (source | driving | output), and a turntable of the "
+                  "source's own expression across the paper's yaw range — rendered by the same engine as "
+                  "`p4d animate`, `evaluate`, the MLflow model and the Triton model.", "",
+                  f"![reenactment]({rel(shown.reenactment_gif)})", "",
+                  f"Still strip (driving crops above, output below): ![strip]({rel(shown.reenactment_strip)})", "",
+                  f"![turntable]({rel(shown.turntable_gif)}) ![turntable strip]({rel(shown.turntable_strip)})", "",
+                  f"Videos: [`{rel(shown.reenactment)}`]({rel(shown.reenactment)}), "
+                  f"[`{rel(shown.turntable)}`]({rel(shown.turntable)})"]
+    evaluation = out / DATA["evaluation"].path
+    table = evaluation_table(evaluation)
+    if table:
+        lines += ["", "## Evaluation on the held-out clips (`evaluate`)", "", *table]
+        grid = evaluation / "samples" / "grid.png"
+        if grid.is_file():
+            lines += ["", f"![evaluation samples]({rel(grid)})"]
+    registered = registration_lines(out / DATA["registration"].path, tracking_uri)
+    if registered:
+        lines += ["", "## MLflow registry (`register`)", "", *registered]
+    if shown is not None and (shown.endpoint_frame is not None or shown.endpoint_error):
+        lines += ["", "## Live endpoint (`deploy`)", ""]
+        if shown.endpoint_error:
+            lines += [f"**The endpoint check failed**: {shown.endpoint_error}"]
+        else:
+            lines += [f"The Triton repository `{DATA['model_repository'].path}` was served by `tritonserver` on "
+                      f"127.0.0.1 (ready after {shown.endpoint_seconds:.0f} s), one video session went through "
+                      f"`p4d infer` (p50 latency {infer_latency(shown.endpoint_line)}), and the server was stopped.",
+                      "", f"`p4d infer`: {shown.endpoint_line}", "",
+                      f"A frame the endpoint returned: ![endpoint frame]({rel(shown.endpoint_frame)})", "",
+                      f"Serve it yourself: `p4d deploy serve --repo {out / DATA['model_repository'].path}` then "
+                      f"`p4d infer --url grpc://127.0.0.1:8001 --source SOURCE --driving VIDEO --out out.mp4 "
+                      "--session`"]
     extra = stage_images(out, runs)
     if extra:
         lines += ["", "## Samples and curves from the stages", ""]

@@ -61,8 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-def write_sample_inputs(images: Path, clips: Path) -> list[Path]:
-    """Astronaut photo, a mirrored and a cropped variant, an unreadable file, and a short clip. Idempotent."""
+def write_sample_inputs(images: Path, clips: Path, clips_test: Path) -> list[Path]:
+    """Astronaut photo, a mirrored and a cropped variant, an unreadable file, a short training clip, and the
+    held-out test clips (other motion; never the training clip). Idempotent."""
+    from components.evaluate.samples import write_test_clips
+
     import numpy as np
     import skimage.data
     from PIL import Image
@@ -83,6 +86,7 @@ def write_sample_inputs(images: Path, clips: Path) -> list[Path]:
          lambda p: Image.fromarray(photo[10:330, 90:410]).resize((448, 448)).save(p, quality=92))
     save(images / "unreadable.jpg", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0 truncated: not a JPEG"))
     save(clips / "astronaut_clip.mp4", lambda p: _write_clip(p, photo))
+    written += write_test_clips(clips_test)
     return written
 
 
@@ -198,7 +202,7 @@ def run_demo(out: Path, assets: Path | None = None, profile: str = "tiny") -> tu
     if not stages:
         raise DemoError("no stage of the DAG is available in this checkout (see `p4d --help`)")
     asset_dir, synthetic = prepare_assets(out, assets, profile)
-    write_sample_inputs(out / "data/raw/images", out / "data/raw/clips")
+    write_sample_inputs(out / "data/raw/images", out / "data/raw/clips", out / "data/raw/clips_test")
     init_project(out, profile)
     rel_assets = os.path.relpath(asset_dir, out) if asset_dir.is_relative_to(out) else str(asset_dir)
     write_dvc(out, stages, paths={"assets": rel_assets})
@@ -208,13 +212,40 @@ def run_demo(out: Path, assets: Path | None = None, profile: str = "tiny") -> tu
     if any(r.ran for r in runs) or not report.exists():
         from pipelines.demo_report import log_pipeline_run, write_report
 
+        shown = showcase(out, asset_dir, {r.name for r in runs})
+
         if any(r.ran for r in runs):
             push = _dvc(out, "push", "-q", env=env, capture=True)
             if push.returncode:
                 print(f"p4d demo: warning: dvc push to the local remote failed: {push.stderr.strip()}", file=sys.stderr)
         run_id = log_pipeline_run(out, runs, profile, env["MLFLOW_TRACKING_URI"])
-        write_report(out, runs, profile, asset_dir, synthetic, run_id, env["MLFLOW_TRACKING_URI"])
+        write_report(out, runs, profile, asset_dir, synthetic, run_id, env["MLFLOW_TRACKING_URI"], shown)
+        if shown.endpoint_error:
+            raise DemoError(f"the live endpoint check failed: {shown.endpoint_error} (server log: "
+                            f"{out / 'report/tritonserver.log'}); every stage's output and {report} are written")
     return runs, report
+
+
+def showcase(out: Path, asset_dir: Path, stages: set[str]):
+    """The trained Ψ in use (reenactment + turntable) and the live endpoint (serve, one `p4d infer`, stop)."""
+    from pipelines.dag import DATA
+    from pipelines.demo_showcase import Showcase, live_endpoint, render_samples
+
+    target = out / "report"
+    source = out / "data/raw/images/astronaut.png"
+    driving = sorted((out / DATA["raw_clips_test"].path).glob("*.mp4"))[0]
+    shown = Showcase()
+    if "train_psi" in stages:
+        print("p4d demo: rendering a reenactment and a turntable with the trained Ψ", flush=True)
+        from components.config import load_params
+
+        shown = render_samples(out / DATA["psi"].path, asset_dir, source, driving, target,
+                               load_params(out / "params.yaml"))
+    repo = out / DATA["model_repository"].path
+    if "deploy" in stages and any(repo.glob("*/config.pbtxt")):
+        print("p4d demo: serving the model repository on 127.0.0.1 and sending one video session", flush=True)
+        shown = live_endpoint(repo, source, driving, target, out / "params.yaml", shown)
+    return shown
 
 
 def _handle(args: argparse.Namespace) -> int:
