@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/bench_animate.py` from a checkout that is not installed
     sys.path.insert(0, str(ROOT))
 
+from components.config import PROFILES  # noqa: E402  (imports neither PyAV nor MediaPipe)
+
 RECORDING_FORMAT = 1
 FRAME_RECIPE = "astronaut-zoom-pan-v1"  # bump when _driving_frames changes: recordings are tied to the pixels
 PSI_SEED = 0
@@ -357,7 +359,7 @@ def bench_precision(animator, source_image, frames, batches, repeats, warmup, re
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--profile", default="paper", choices=("tiny", "paper"))
+    parser.add_argument("--profile", default="paper", choices=PROFILES)
     parser.add_argument("--frames", type=int, default=None, help="driving frames (default 64, or the recording's)")
     parser.add_argument("--dtypes", default=None,
                         help="fp32 (TF32 off) and/or bf16 (autocast); default fp32,bf16 on CUDA, fp32 on the CPU "

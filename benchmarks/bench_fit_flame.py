@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from components.config import PROFILES
 from components.fit_flame.config import FitFlameConfig
 from components.fit_flame.fitting import FlameFitter
 from components.fit_flame.synthetic import random_fit_problem, random_front_embedding
@@ -119,7 +120,7 @@ def bench_fit(cfg: FitFlameConfig, batch: int, device: str, repeats: int) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--profile", choices=("tiny", "paper"), default="paper")
+    parser.add_argument("--profile", choices=PROFILES, default="paper")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--images", type=int, default=16, help="photos for the landmark benchmark")
     parser.add_argument("--repeats", type=int, default=1)

@@ -17,7 +17,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from components.config import build_config
+from components.config import PROFILES, build_config
 from model.cameras import CameraDistribution, sample_cameras
 from model.networks.discriminator import DualDiscriminator
 from model.networks.lpips import LPIPS
@@ -131,7 +131,7 @@ def _trace_train_step(psi, disc, lpips, cfg, batch: int, device: str, res: int) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--profile", default="paper", choices=("tiny", "paper"))
+    parser.add_argument("--profile", default="paper", choices=PROFILES)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16")

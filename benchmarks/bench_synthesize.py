@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from components.config import build_config
+from components.config import PROFILES, build_config
 from components.synthesize.conditions import LabelPool, draw_identity
 from components.synthesize.config import SynthesizeConfig
 from components.assets.flame import flame_head_from_arrays as build_flame_head
@@ -48,7 +48,7 @@ def _labels(n: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+    parser.add_argument("--profile", choices=PROFILES, default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, nargs="+", default=[8], help="views per GenHead forward")
     parser.add_argument("--dtype", choices=tuple(DTYPES), nargs="+", default=["fp32", "bf16"])

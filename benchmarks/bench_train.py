@@ -28,7 +28,7 @@ from torch.utils.flop_counter import flop_registry
 
 from components.assets.flame import flame_head_from_arrays
 from components.assets.networks import build_network
-from components.config import build_config
+from components.config import PROFILES, build_config
 from components.train.conditions import FlameConditioner
 from components.train.config import TrainConfig
 from components.train.data import PsiBatch, Psi3dBatch
@@ -229,7 +229,7 @@ def bench(stage: str, cfg, train_cfg: TrainConfig, dist, images_seen: int, iters
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("psi3d", "psi", "both"), default="both")
-    parser.add_argument("--profile", choices=("tiny", "paper"), default="paper")
+    parser.add_argument("--profile", choices=PROFILES, default="paper")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-per-gpu", type=int, default=4, help="micro-batch per GPU (global = this x GPUs)")
     parser.add_argument("--iters", type=int, default=200, help="timed iterations")

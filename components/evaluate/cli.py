@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.config import resolve_config
+from components.config import PROFILES, resolve_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--champion-metrics", type=Path, default=None, metavar="FILE",
                         help="the champion's metrics.json: the summary shows it and checks max_regression against it")
-    parser.add_argument("--profile", choices=("tiny", "paper"), default=None, help="config profile (default: tiny)")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: tiny)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params.yaml (profile + overrides; the evaluate section holds the gate)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

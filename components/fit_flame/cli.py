@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from components.config import PROFILES
 from components.config import resolve_config as shared_resolve_config
 from components.fit_flame.config import FitFlameConfig
 
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=16, help="items fitted together (default: 16; thousands on a GPU)")
     parser.add_argument("--workers", type=int, default=0,
                         help="CPU processes preparing inputs (default: 0, in-process)")  # fmt: skip
-    parser.add_argument("--profile", choices=("tiny", "paper"), default=None, help="config profile (default: tiny)")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: tiny)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params.yaml whose fit_flame section overrides the profile")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
