@@ -131,8 +131,12 @@ def _argmin_triangle(points: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
 def _argmin_vertex(points: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
     """points (B,p,3), verts (B,N,3) -> (B,p) index of the nearest vertex."""
     # |p - v|² = |p|² - 2 p·v + |v|²; |p|² is constant per row, so the argmin ignores it. The
-    # matrix product keeps the (B, p, N, 3) differences out of memory.
-    return (verts.square().sum(-1)[:, None] - 2 * points @ verts.transpose(1, 2)).argmin(-1)
+    # matrix product keeps the (B, p, N, 3) differences out of memory. It runs in float64: a caller may
+    # allow TF32 for fp32 products (it would misrank vertices a few mm apart), and float64 is never TF32,
+    # so no global precision setting has to be changed and put back (that flipped torch's fp32 precision
+    # state from "none" to "ieee" and, under torch 2.11, broke a later legacy allow_tf32 assignment).
+    verts64 = verts.double()
+    return (verts64.square().sum(-1)[:, None] - 2 * points.double() @ verts64.transpose(1, 2)).argmin(-1)
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
@@ -158,14 +162,7 @@ def _search(
         fn = _COMPILED[name]
     bsz, n_other = points.shape[0], other.shape[1]
     step = max(1, max_pairs // max(1, bsz * n_other))
-    # A caller may allow TF32 matrix products for speed; distances need full fp32 (TF32 would
-    # misrank vertices a few mm apart).
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        return torch.cat([fn(points[:, s : s + step], other) for s in range(0, points.shape[1], step)], dim=1)
-    finally:
-        torch.set_float32_matmul_precision(precision)
+    return torch.cat([fn(points[:, s : s + step], other) for s in range(0, points.shape[1], step)], dim=1)
 
 
 def nearest_triangle(

@@ -624,3 +624,27 @@ def test_zero_neck_pose_batch_skips_tabulation_and_is_identity():
     field = NeckRotationField.identity(2, cfg, torch.zeros(1))
     coords = torch.rand(2, 50, 3) - 0.5
     assert torch.equal(field(coords), coords)
+
+
+def test_nearest_searches_leave_every_global_matmul_precision_setting_alone():
+    """Issue #18: the vertex search used to set and restore torch's fp32 matmul precision, which flips torch's
+    precision state ("none" -> "ieee") and, under torch 2.11, made a later legacy allow_tf32 assignment break the
+    next call. It now needs no global setting: its products run in float64, which TF32 never touches."""
+    g = torch.Generator().manual_seed(3)
+    points, verts = torch.randn(2, 40, 3, generator=g), torch.randn(2, 30, 3, generator=g)
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+
+    def state():
+        return (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+
+    before = state()
+    first = nearest_vertex(points, verts).index
+    nearest_triangle(points, verts, faces)
+    assert state() == before
+    legacy = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # a caller that wants TF32, through the legacy flag
+        np.testing.assert_array_equal(nearest_vertex(points, verts).index.numpy(), first.numpy())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = legacy
