@@ -264,8 +264,8 @@ def test_empty_test_set_and_failure_ratio(held_out, tmp_path, capsys):
 def test_write_test_clips_differ_from_the_training_clip(tmp_path):
     from pipelines.main_job import write_sample_inputs
 
-    write_sample_inputs(tmp_path / "images", tmp_path / "clips")
-    written = write_test_clips(tmp_path / "clips_test")
+    written = [p for p in write_sample_inputs(tmp_path / "images", tmp_path / "clips", tmp_path / "clips_test")
+               if p.parent == tmp_path / "clips_test"]
     assert len(written) >= 3
     train = {file_sha256(p) for p in (tmp_path / "clips").glob("*.mp4")}
     hashes = {file_sha256(p) for p in written}
@@ -274,3 +274,4 @@ def test_write_test_clips_differ_from_the_training_clip(tmp_path):
         frames = _frames_of(path)
         assert len(frames) == CLIP_FRAMES and frames[0].shape == (CLIP_SIDE, CLIP_SIDE, 3)
     assert write_test_clips(tmp_path / "clips_test") == []  # idempotent: nothing rewritten
+    assert sorted(written) == sorted((tmp_path / "clips_test").glob("*.mp4"))

@@ -18,10 +18,15 @@ def test_inputs_assets_and_project_are_created_once(tmp_path):
     out.mkdir()
     assets, synthetic = prepare_assets(out, None, "tiny")
     assert synthetic and json.loads((assets / "bundle.json").read_text())["synthetic"] is True
-    written = write_sample_inputs(out / "data/raw/images", out / "data/raw/clips")
-    assert {p.name for p in written} == {"astronaut.png", "astronaut_mirrored.png", "astronaut_crop.jpg",
-                                         "unreadable.jpg", "astronaut_clip.mp4"}
-    assert write_sample_inputs(out / "data/raw/images", out / "data/raw/clips") == []  # never rewritten
+    dirs = (out / "data/raw/images", out / "data/raw/clips", out / "data/raw/clips_test")
+    written = write_sample_inputs(*dirs)
+    names = {p.name for p in written}
+    assert {"astronaut.png", "astronaut_mirrored.png", "astronaut_crop.jpg", "unreadable.jpg",
+            "astronaut_clip.mp4"} <= names
+    test_clips = {p.name for p in written if p.parent == dirs[2]}
+    assert len(test_clips) >= 3 and test_clips == names - {"astronaut.png", "astronaut_mirrored.png",
+                                                           "astronaut_crop.jpg", "unreadable.jpg", "astronaut_clip.mp4"}
+    assert write_sample_inputs(*dirs) == []  # never rewritten
     stamp = (assets / "bundle.json").stat().st_mtime_ns
     assert prepare_assets(out, None, "tiny") == (assets, True) and (assets / "bundle.json").stat().st_mtime_ns == stamp
     init_project(out, "tiny")
@@ -73,6 +78,12 @@ def test_demo_runs_the_dag_then_does_nothing(tmp_path, consistent_assets, monkey
     text = report.read_text()
     assert "unreadable.jpg" in text and "![aligned crops](report/crops.png)" in text
     assert (out / "report/crops.png").exists() and "pipeline run `" in text
+    # the trained Ψ in use, the evaluation, the registry and the live endpoint are in the report
+    assert "![reenactment](report/reenactment.gif)" in text and (out / "report/turntable.mp4").is_file()
+    assert "| `eval/self/psnr` |" in text and (out / "reports/evaluation/samples/grid.png").is_file()
+    assert "gate **passed**, approved: **True**" in text and "p4d review approve 1" in text
+    assert "## Live endpoint (`deploy`)" in text and "frames/s, latency p50" in text
+    assert (out / "report/endpoint_frame.png").is_file() and "The endpoint check failed" not in text
     lock = (out / "dvc.lock").read_text()
     assert set(yaml.safe_load(lock)["stages"]) == set(by_name)
     assert any((out / "dvc-remote").rglob("*")), "outputs were pushed to the local DVC remote"
