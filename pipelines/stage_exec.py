@@ -16,6 +16,7 @@ checkpoints`` from the run's params. The pipeline run id also reaches the stage 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -157,12 +158,35 @@ def run_stage(
     sync_out: list[tuple[Path, str]] = (),
     pipeline_run: str = "",
 ) -> int:
-    stage = STAGE_BY_NAME[stage_name]
-    started = time.monotonic()
-    os.environ["P4D_STAGE"] = stage_name
-    os.environ["P4D_DATA_VERSION"] = data_version  # tagged on MLflow runs (lineage)
+    # The stage (in this process or launched) reads these; they are put back afterwards, so an in-process
+    # run (tests, a notebook) does not leak one run's lineage into the next.
+    values = {"P4D_STAGE": stage_name, "P4D_DATA_VERSION": data_version}  # data version: tagged on MLflow runs
     if pipeline_run:
-        os.environ["P4D_PIPELINE_RUN_ID"] = pipeline_run  # the stage's MLflow run nests under the pipeline's
+        values["P4D_PIPELINE_RUN_ID"] = pipeline_run  # the stage's MLflow run nests under the pipeline's
+    with _environment(values, also_restore=("P4D_CHECKPOINT_URI",)):
+        return _run_stage(STAGE_BY_NAME[stage_name], argv, params_text, data_version, nproc_per_node, sync_in,
+                          sync_out, pipeline_run)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str], also_restore: tuple[str, ...] = ()):
+    names = (*values, *also_restore)
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_stage(stage: Stage, argv: list[str], params_text: str, data_version: str, nproc_per_node: int,
+               sync_in, sync_out, pipeline_run: str) -> int:
+    stage_name = stage.name
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="p4d-params-") as tmp:
         params = Path(tmp) / "params.yaml"
         params.write_text(params_text)

@@ -100,9 +100,12 @@ def test_exec_reports_a_failing_stage(tmp_path, monkeypatch, capsys):
     assert "profile: got 'huge'" in capsys.readouterr().err
 
 
-def test_exec_command_syncs_inputs_first(tmp_path, capsys):
+def test_exec_command_syncs_inputs_first(tmp_path, capsys, monkeypatch):
+    import os
+
     from pipelines.cli import main
 
+    monkeypatch.delenv("P4D_DATA_VERSION", raising=False)
     (tmp_path / "remote").mkdir()
     (tmp_path / "remote" / "params.yaml").write_text("profile: tiny\nseed: 4\n")
     local = tmp_path / "work"
@@ -110,6 +113,7 @@ def test_exec_command_syncs_inputs_first(tmp_path, capsys):
                "--sync-in", f"{local}={tmp_path / 'remote'}", "--",
                "config", "show", "--params", str(local / "params.yaml")])
     assert rc == 0 and "seed: 4" in capsys.readouterr().out
+    assert "P4D_DATA_VERSION" not in os.environ  # one run's lineage never leaks into the next (a later stage)
 
 
 def test_count_items_reads_a_shard_index(tmp_path):
