@@ -33,8 +33,18 @@ class DvcLineage:
     def tags(self) -> dict[str, str]:
         if self.lock is None:
             return {"dvc.lock": "none"}
-        return {"dvc.lock": str(self.lock), **{f"dvc.train.{p}": h for p, h in self.train.items()},
-                **{f"dvc.test.{p}": h for p, h in self.test.items()}}
+        return {"dvc.lock": str(self.lock), **{_tag_key("dvc.train", p): h for p, h in self.train.items()},
+                **{_tag_key("dvc.test", p): h for p, h in self.test.items()}}
+
+
+def _tag_key(prefix: str, path: str) -> str:
+    """An MLflow tag key for a data path. MLflow refuses keys that would resolve to other names as files
+    (``..`` segments, absolute paths): data outside the DVC project (e.g. ``--assets`` elsewhere) is keyed
+    ``external/<its path without the climb>``."""
+    parts = [p for p in Path(path).as_posix().split("/") if p not in ("", ".")]
+    if path.startswith("/") or ".." in parts:
+        parts = ["external", *[p for p in parts if p != ".."]]
+    return f"{prefix}.{'/'.join(parts)}"
 
 
 def _norm(root: Path, path: str) -> str:

@@ -462,3 +462,19 @@ def test_concurrent_approvals_both_land_in_the_audit_trail(registered):
     assert len(after["2"]) == before["2"] + 1 and after["2"][-1].by == "dave"
     champion = _champion(registered)
     assert champion in ("1", "2") and _tags(registered, champion)["approval"] == "approved"
+
+
+def test_lineage_tag_keys_of_data_outside_the_dvc_project_are_valid_mlflow_keys():
+    """The main job's test passes --assets from outside its DVC project: dvc.lock then records '../..' paths,
+    which MLflow refuses as tag keys ('must not resolve to other names')."""
+    from mlflow.utils.validation import _validate_tag_name
+
+    from components.register.lineage import DvcLineage
+
+    lineage = DvcLineage(Path("dvc.lock"), train={"data/synthesize": "a.dir", "../../assets3/bundle": "b.dir"},
+                         test={"/abs/clips_test": "c.dir"})
+    tags = lineage.tags()
+    for key in tags:
+        _validate_tag_name(key)
+    assert tags["dvc.train.data/synthesize"] == "a.dir" and tags["dvc.train.external/assets3/bundle"] == "b.dir"
+    assert tags["dvc.test.external/abs/clips_test"] == "c.dir"
