@@ -113,21 +113,19 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
-    """The FLAME fit on one CPU thread: multi-threaded reductions sum in a timing-dependent order, and L-BFGS
-    amplifies that round-off into fits that differ from run to run (measured: up to 1e-2 in a parameter).
-    The fit is a small problem; the fit_flame stage runs it one thread per worker process too."""
+    """The FLAME fit on one CPU thread. With two threads, the same landmarks fitted twice gave parameters up to
+    1.3e-2 apart (L-BFGS amplifies reduction round-off); with one, identical. A smaller difference remains after
+    some batch-1 network calls in the same process (up to ~4e-3; cause not found, see README). The fit is a small
+    problem; the fit_flame stage runs it one thread per worker process too."""
     if device.type != "cpu":
         yield
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    flushed = torch.set_flush_denormal(True)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        if flushed:
-            torch.set_flush_denormal(False)
 
 
 def _settings_for(psi_cfg: PsiConfig, weights: PsiWeights, config) -> dict:
