@@ -162,6 +162,9 @@ def stage_env(out: Path) -> dict:
     # `p4d` of this interpreter first on PATH (the venv may not be activated); MLflow in the run dir
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
+    # register writes the model version and deploy reads it back: both through the same registry (MLflow's
+    # default is the tracking store, unless MLFLOW_REGISTRY_URI names another one)
+    env.setdefault("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])
     return env
 
 

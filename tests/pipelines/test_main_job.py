@@ -67,7 +67,9 @@ def consistent_assets(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_demo_runs_the_dag_then_does_nothing(tmp_path, consistent_assets, monkeypatch):
+    # mlflow.set_tracking_uri / set_registry_uri (called in-process by earlier tests) export these variables
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     out = tmp_path / "demo"
     runs, report = run_demo(out, consistent_assets, "tiny")
     from pipelines.dag import select
