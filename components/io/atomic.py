@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import IO
 
 
+def _chmod_as_created(path: Path, mode: int) -> None:
+    """Give ``path`` the mode a plain open()/mkdir() with ``mode`` would have: ``mode`` minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
@@ -21,9 +28,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        _chmod_as_created(tmp_path, 0o666)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -61,9 +66,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        _chmod_as_created(tmp, 0o777)  # mkdtemp creates 0700; a plain mkdir would give 0777 minus the umask
         os.rename(tmp, path)
     finally:
         if tmp.exists():
