@@ -13,10 +13,10 @@ import hashlib
 import time
 from typing import Any
 
+from components.config.platform import PlatformConfig
 from components.errors import P4DError
 from pipelines.dag import PARAMS_TOKEN, ResolvedStage, kfp_task_name
-from pipelines.kubeflow.task_config import SHM_VOLUME
-from components.platform import PlatformConfig
+from pipelines.kubeflow.pod import SHM_PATH, SHM_VOLUME, PodDecoration, stage_pod
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 WORKDIR = "/p4d/work"
@@ -61,26 +61,21 @@ def pod_args(
     return [*args, "--", *s.render(values)]
 
 
-def _env(platform: PlatformConfig, secrets: tuple[str, ...]) -> list[dict]:
-    e = platform.endpoints
-    env = [
-        {"name": "MLFLOW_TRACKING_URI", "value": e.mlflow_tracking_uri},
-        {"name": "PUSHGATEWAY_URL", "value": e.pushgateway_url},
-        {"name": "P4D_METRICS_ADDR", "value": "0.0.0.0"},  # rank 0 serves /metrics to the PodMonitor
-        {"name": "HOME", "value": "/tmp"},  # read-only root: torch/DeepSpeed/Triton kernel caches go to the emptyDir
-    ]
-    if e.s3_endpoint_url:
-        env.insert(0, {"name": "AWS_ENDPOINT_URL", "value": e.s3_endpoint_url})
-    refs = {"s3": (platform.secrets.s3, platform.secrets.s3_env), "mlflow": (platform.secrets.mlflow, platform.secrets.mlflow_env)}
-    for kind in secrets:
-        name, mapping = refs[kind]
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for key, var in mapping.items()]
+# Only a PyTorchJob pod has these: rank 0 serves /metrics to the PodMonitor, and the read-only root sends
+# torch/DeepSpeed/Triton kernel caches to the /tmp emptyDir.
+TRAINER_ENV = (("P4D_METRICS_ADDR", "0.0.0.0"), ("HOME", "/tmp"))
+
+
+def _env(pod: PodDecoration) -> list[dict]:
+    env = [{"name": name, "value": value} for name, value in (*pod.env, *TRAINER_ENV)]
+    for s in pod.secrets:
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": key}}} for key, var in s.key_to_env]
     return env
 
 
 def pod_template(rs: ResolvedStage, platform: PlatformConfig, args: list[str]) -> dict:
-    res, pool = rs.resources, platform.gpu_pool
-    limits = {"cpu": res.cpu, "memory": res.memory}
+    pod = stage_pod(rs, platform)
+    limits = {"cpu": pod.cpu, "memory": pod.memory}
     spec: dict[str, Any] = {
         "serviceAccountName": SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,
@@ -91,7 +86,7 @@ def pod_template(rs: ResolvedStage, platform: PlatformConfig, args: list[str]) -
                 "image": rs.image,
                 "command": ["p4d"],
                 "args": args,
-                "env": _env(platform, rs.stage.secrets),
+                "env": _env(pod),
                 "resources": {"requests": dict(limits), "limits": limits},
                 "ports": [{"name": "metrics", "containerPort": platform.pytorchjob.metrics_port}],
                 "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -101,16 +96,15 @@ def pod_template(rs: ResolvedStage, platform: PlatformConfig, args: list[str]) -
         "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
     }
     container = spec["containers"][0]
-    if rs.uses_gpu_pool:
+    if pod.gpu is not None:
         for quantities in container["resources"].values():
-            quantities[pool.gpu_resource] = str(res.gpus)
-        spec["nodeSelector"] = {pool.label_key: pool.label_value}
-        spec["tolerations"] = [
-            {"key": pool.taint_key, "operator": "Equal", "value": pool.taint_value, "effect": pool.taint_effect}
-        ]
-    if res.shm:
-        spec["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": res.shm}})
-        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+            quantities[pod.gpu.resource] = str(pod.gpu.count)
+        spec["nodeSelector"] = dict([pod.gpu.node_selector])
+        key, operator, value, effect = pod.gpu.toleration
+        spec["tolerations"] = [{"key": key, "operator": operator, "value": value, "effect": effect}]
+    if pod.shm:
+        spec["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": pod.shm}})
+        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
     return {"metadata": {"labels": {**APP_LABELS, "p4d/stage": kfp_task_name(rs.name)}}, "spec": spec}
 
 

@@ -92,3 +92,39 @@ def test_k8s_template_is_the_rendered_manifest():
     text = (REPO / "k8s/templates/pytorchjob-train-psi.yaml").read_text()
     assert text == TEMPLATE_HEADER + yaml.safe_dump(template_manifest(), sort_keys=False), (
         "run `python -m pipelines.kubeflow.pytorchjob > k8s/templates/pytorchjob-train-psi.yaml`")
+
+
+def test_kfp_task_and_pytorchjob_pod_get_the_same_decoration(tmp_path):
+    """One description (pipelines/kubeflow/pod.py) renders both: the same env, secret keys, pool and shm."""
+    from components.config import build_config
+    from pipelines.kubeflow.pipeline import compile_pipeline
+    from tests.pipelines.spec_graph import SpecGraph
+
+    minio = {"endpoints": {"s3_endpoint_url": "http://minio.p4d.svc:9000"}}
+    one_node = build_platform("paper", minio)
+    graph = SpecGraph.load(compile_pipeline(build_config("paper"), tmp_path / "p.yaml", list(dag.STAGES), one_node))
+    task = graph.task("train-psi3d")
+    platform = build_platform("paper", {**minio, "stages": {"train_psi3d": {"nodes": 2}}})
+    [rs] = dag.resolve([dag.STAGE_BY_NAME["train_psi3d"]], platform)
+    uris = {n: f"s3://p4d/kfp/run/{n}" for n in (*rs.stage.inputs, *rs.stage.outputs)}
+    job = render_pytorchjob(rs, platform, "j", pod_args(rs, "{}", "v1", uris, uris))
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    [c] = pod["containers"]
+
+    plain = [(e["name"], e["value"]) for e in c["env"] if "value" in e]
+    assert [(e["name"], e["value"]) for e in task.executor["env"]] == plain[:3]
+    assert plain[0] == ("AWS_ENDPOINT_URL", "http://minio.p4d.svc:9000")
+    assert plain[3:] == [("P4D_METRICS_ADDR", "0.0.0.0"), ("HOME", "/tmp")]  # trainer pods only
+    kfp_secrets = [(s["secretName"], k["secretKey"], k["envVar"])
+                   for s in task.platform["secretAsEnv"] for k in s["keyToEnv"]]
+    job_secrets = [(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"], e["name"])
+                   for e in c["env"] if "valueFrom" in e]
+    assert kfp_secrets == job_secrets and len(job_secrets) == 4
+    assert task.platform["nodeSelector"]["labels"] == pod["nodeSelector"]
+    assert task.platform["tolerations"] == pod["tolerations"]
+    accel = task.executor["resources"]["accelerator"]
+    assert (accel["type"], str(accel["count"])) == ("nvidia.com/gpu", c["resources"]["limits"]["nvidia.com/gpu"])
+    [kfp_shm] = task.platform["emptyDirMounts"]
+    [job_shm] = [v for v in pod["volumes"] if v["name"] == kfp_shm["volumeName"]]
+    assert job_shm["emptyDir"] == {"medium": kfp_shm["medium"], "sizeLimit": kfp_shm["sizeLimit"]}
+    assert {"name": kfp_shm["volumeName"], "mountPath": kfp_shm["mountPath"]} in c["volumeMounts"]
