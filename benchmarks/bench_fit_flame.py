@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from components.config import PROFILES
-from components.fit_flame.config import FitFlameConfig
+from components.config import PROFILES, build_config
+from components.config.fit_flame import FitFlameConfig
 from components.fit_flame.fitting import FlameFitter
 from components.fit_flame.synthetic import random_fit_problem, random_front_embedding
 from model.flame import LandmarkEmbedding, synthetic_flame_arrays
@@ -131,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = FitFlameConfig.for_profile(args.profile)
+    cfg = build_config(args.profile).fit_flame
     cpu = f"CPU ({torch.get_num_threads()} threads)"
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"fit_flame, profile {args.profile}: L-BFGS {cfg.iterations_camera} + {cfg.iterations_full} iterations, "

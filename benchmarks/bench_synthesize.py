@@ -20,7 +20,6 @@ import torch
 
 from components.config import PROFILES, build_config
 from components.synthesize.conditions import LabelPool, draw_identity
-from components.synthesize.config import SynthesizeConfig
 from components.assets.flame import flame_head_from_arrays as build_flame_head
 from components.synthesize.sampler import GenHeadSampler
 from components.synthesize.shards import encode_view, tar_bytes, view_key
@@ -64,7 +63,7 @@ def main() -> None:
 
     cfg = build_config(args.profile)
     device = torch.device(args.device)
-    base = SynthesizeConfig.for_profile(args.profile)
+    base = cfg.synthesize
     update = {k: v for k, v in {"neural_rendering_resolution": args.neural_resolution,
                                 "triplane_points": args.triplane_points}.items() if v is not None}
     base = base.model_copy(update=update)

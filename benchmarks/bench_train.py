@@ -30,7 +30,7 @@ from components.assets.flame import flame_head_from_arrays
 from components.assets.networks import build_network
 from components.config import PROFILES, build_config
 from components.train.conditions import FlameConditioner
-from components.train.config import TrainConfig
+from components.config.train import TrainConfig
 from components.train.data import PsiBatch, Psi3dBatch
 from components.train.engine import init_distributed
 from components.train.loop import build_engines, run_iteration
@@ -254,7 +254,7 @@ def main() -> None:
         motion = build_config("tiny").networks.pdfgc.motion_dim  # tiny PD-FGC is smaller than Ψ's default
         overrides["networks"] = {"psi3d": {"motion_dim": motion}, "psi": {"motion_dim": motion}}
     cfg = build_config(args.profile, overrides)
-    train_cfg = TrainConfig.for_profile(args.profile)
+    train_cfg = cfg.train
     flop_iters = args.flop_iters or math.lcm(train_cfg.r1_every, train_cfg.density_reg_every,
                                              train_cfg.cross_view_every)
     stages = ("psi3d", "psi") if args.stage == "both" else (args.stage,)

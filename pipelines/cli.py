@@ -1,7 +1,9 @@
 """The `p4d` command: one sub-command per pipeline stage and tool.
 
 Each sub-command lives next to the code it runs (``<package>/cli.py`` with ``add_parser``); this
-module only assembles them, so ``p4d --help`` lists every command with one line each.
+module only assembles them, so ``p4d --help`` lists every command with one line each. A module listed
+here that cannot be found is an error, not a command that silently disappears (the DAG's stages and
+``p4d pipeline compile`` rely on every command being there).
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import sys
 
 from components.errors import P4DError
 
+
+class CommandModuleError(P4DError):
+    """A command module listed in COMMAND_MODULES is missing from this installation."""
+
+
 # (module with add_parser) in the order `p4d --help` lists them.
 COMMAND_MODULES = [
-    "components.config_cli",
+    "components.config.cli",
     "components.assets.cli",
     "components.import_official.cli",
     "components.fit_flame.cli",
@@ -42,15 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name and name.startswith(err.name):  # command not built yet in this checkout
-                continue
+            if err.name and name.startswith(err.name):  # the command's own module, not one it imports
+                raise CommandModuleError(f"command module {name} is missing ({err}); the p4d installation "
+                                         "is incomplete or pipelines/cli.py lists a module that was moved") from None
             raise
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandModuleError as err:
+        print(f"p4d: error: {err}", file=sys.stderr)
+        return err.exit_code
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

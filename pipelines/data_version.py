@@ -195,10 +195,9 @@ class RunPlan:
 
 def synthesis_plan(params: dict) -> tuple[int, int]:
     """(identities, seed) of the synthesize stage for these params (its section on top of the profile)."""
-    from components.synthesize.config import SynthesizeConfig
+    from components.config import build_config
 
-    base = SynthesizeConfig.for_profile(params.get("profile", "tiny"))
-    cfg = SynthesizeConfig.model_validate({**base.model_dump(), **(params.get("synthesize") or {})})
+    cfg = build_config(params.get("profile", "tiny"), {"synthesize": params.get("synthesize") or {}}).synthesize
     return cfg.identities, cfg.seed
 
 

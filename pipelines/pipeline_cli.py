@@ -1,5 +1,8 @@
 """`p4d pipeline ...`: compile / submit / schedule the Kubeflow pipeline, regenerate dvc.yaml, and the
-small commands the pipeline's own pods run (prepare, exec, gather, mark, nothing-to-do, pytorchjob)."""
+small commands the pipeline's own pods run (prepare, exec, mark, nothing-to-do, pytorchjob).
+
+The in-pod commands are not listed in `p4d pipeline --help` (a user never types them; the compiled spec and
+the PyTorchJob pods do); they run as before and each keeps its own `--help`."""
 
 from __future__ import annotations
 
@@ -10,18 +13,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components.config import PROFILES, ConfigError, P4DConfig, build_config, load_params
+from components.config import PROFILES, ConfigError, P4DConfig, load_params, resolve_config
 
 SNAPSHOT_DIR = Path(__file__).parent / "compiled"
+IN_POD_COMMANDS = ("prepare", "exec", "mark", "nothing-to-do", "pytorchjob")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("pipeline", help="compile, submit or schedule the Kubeflow pipeline; regenerate dvc.yaml")
+    parser = subparsers.add_parser(
+        "pipeline", help="compile, submit or schedule the Kubeflow pipeline; regenerate dvc.yaml",
+        description="Compile, submit or schedule the Kubeflow pipeline; regenerate dvc.yaml. The commands the "
+        f"pipeline's own pods run ({', '.join(IN_POD_COMMANDS)}) are not listed; each has --help.")
     sub = parser.add_subparsers(dest="pipeline_command", required=True, metavar="COMMAND")
 
     def config_args(p: argparse.ArgumentParser) -> None:
         src = p.add_mutually_exclusive_group()
-        src.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: paper)")
+        src.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: params or tiny)")
         src.add_argument("--params", type=Path, default=None, help="params.yaml (profile + overrides) as the run's params")
 
     def endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -31,10 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="pipeline argument (repeatable)")
 
     c = sub.add_parser("compile", help="compile the pipeline spec (YAML) for a profile",
-                       description="Compile the Kubeflow pipeline of the stages that exist now (or --all-stages).")
+                       description="Compile the Kubeflow pipeline of every DAG stage (pipelines/dag.py); a stage "
+                       "whose p4d command is missing is an error. The committed snapshot is the paper profile: "
+                       "--profile paper --out pipelines/compiled/portrait4d-paper.yaml.")
     config_args(c)
     c.add_argument("--out", type=Path, default=Path("pipeline.yaml"), help="output file (default: pipeline.yaml)")
-    c.add_argument("--all-stages", action="store_true", help="include planned stages whose command does not exist yet")
     c.add_argument("--nodes", type=int, default=None, help="training nodes (>1 runs PyTorchJobs); default: platform config")
     c.set_defaults(func=_compile)
 
@@ -57,8 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is not what the DAG generates")
     d.set_defaults(func=_dvc)
 
-    # --- run inside the pipeline's pods -------------------------------------------------------------
-    p = sub.add_parser("prepare", help="(in-pod) version the inputs, list shards, decide whether to run")
+    # --- run inside the pipeline's pods: no `help=`, so argparse leaves them out of the listing --------
+    # (help=argparse.SUPPRESS would print "==SUPPRESS==" there on Python 3.11)
+    p = sub.add_parser("prepare", description="(in-pod) version the inputs, list shards, decide whether to run")
     p.add_argument("--sharded", action="append", default=[], metavar="NODE=URI")
     p.add_argument("--shards-out", action="append", default=[], metavar="NODE=PATH")
     p.add_argument("--source", action="append", default=[], metavar="NODE=URI")
@@ -70,7 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reason-out", type=Path, required=True)
     p.set_defaults(func=_prepare)
 
-    e = sub.add_parser("exec", help="(in-pod) run one stage: params file, S3 sync, torchrun, metrics")
+    e = sub.add_parser("exec", description="(in-pod) run one stage: params file, S3 sync, torchrun, metrics")
     e.add_argument("--stage", required=True)
     e.add_argument("--params-text", required=True)
     e.add_argument("--data-version", required=True)
@@ -81,18 +90,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the stage's p4d argv")
     e.set_defaults(func=_exec)
 
-    m = sub.add_parser("mark", help="(in-pod) record the data version of a successful run")
+    m = sub.add_parser("mark", description="(in-pod) record the data version of a successful run")
     m.add_argument("--marker", required=True)
     m.add_argument("--data-version", required=True)
     m.add_argument("--params-text", required=True)
     m.add_argument("--run-id", required=True)
     m.set_defaults(func=_mark)
 
-    n = sub.add_parser("nothing-to-do", help="(in-pod) end a run whose inputs are unchanged")
+    n = sub.add_parser("nothing-to-do", description="(in-pod) end a run whose inputs are unchanged")
     n.add_argument("--reason", required=True)
     n.set_defaults(func=_nothing_to_do)
 
-    j = sub.add_parser("pytorchjob", help="(in-pod) run a training stage as a multi-node PyTorchJob and wait")
+    j = sub.add_parser("pytorchjob", description="(in-pod) run a training stage as a multi-node PyTorchJob and wait")
     j.add_argument("--stage", required=True)
     j.add_argument("--params-text", required=True)
     j.add_argument("--data-version", required=True)
@@ -122,8 +131,8 @@ def _config(args: argparse.Namespace) -> tuple[P4DConfig, str]:
     if args.params is not None:
         cfg = load_params(args.params)
         return cfg, one_line_params(args.params.read_text())
-    profile = args.profile or "paper"
-    return build_config(profile), one_line_params(f"profile: {profile}")
+    cfg = resolve_config(args.profile)  # the same default profile as every other command
+    return cfg, one_line_params(f"profile: {cfg.profile}")
 
 
 def params_config(text: str) -> P4DConfig:
@@ -137,15 +146,9 @@ def params_config(text: str) -> P4DConfig:
             raise ConfigError(str(err).replace(str(path), "params")) from None
 
 
-def _stages(all_stages: bool):
-    from pipelines.dag import STAGES, select
-
-    return list(STAGES) if all_stages else select()
-
-
 def _platform(cfg: P4DConfig, nodes: int | None):
     from pipelines.dag import STAGES
-    from components.platform import PlatformConfig
+    from components.config.platform import PlatformConfig
 
     platform = cfg.platform
     if nodes is None:
@@ -157,15 +160,17 @@ def _platform(cfg: P4DConfig, nodes: int | None):
     return PlatformConfig.model_validate(data)
 
 
-def compile_to(cfg: P4DConfig, params_text: str, out: Path, all_stages: bool = False, nodes: int | None = None) -> Path:
+def compile_to(cfg: P4DConfig, params_text: str, out: Path, nodes: int | None = None) -> Path:
+    """Every DAG stage (``select`` fails on a stage whose command is missing)."""
+    from pipelines.dag import select
     from pipelines.kubeflow.pipeline import compile_pipeline
 
-    return compile_pipeline(cfg, out, _stages(all_stages), _platform(cfg, nodes), params_text=params_text)
+    return compile_pipeline(cfg, out, select(), _platform(cfg, nodes), params_text=params_text)
 
 
 def _compile(args: argparse.Namespace) -> int:
     cfg, text = _config(args)
-    out = compile_to(cfg, text, args.out, args.all_stages, args.nodes)
+    out = compile_to(cfg, text, args.out, args.nodes)
     print(f"compiled the {cfg.profile} pipeline to {out}")
     return 0
 
@@ -273,7 +278,7 @@ def _nothing_to_do(args: argparse.Namespace) -> int:
 def _pytorchjob(args: argparse.Namespace) -> int:
     from pipelines.dag import STAGE_BY_NAME, resolve
     from pipelines.kubeflow.pytorchjob import job_name, launch_and_wait, pod_args, render_pytorchjob
-    from components.platform import PlatformConfig
+    from components.config.platform import PlatformConfig
 
     platform = PlatformConfig.model_validate_json(args.platform_json)
     [rs] = resolve([STAGE_BY_NAME[args.stage]], platform)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from components.config import build_config, deep_merge
-from components.platform import PlatformConfig
+from components.config.platform import PlatformConfig
 
 
 def build_platform(profile: str, overrides: dict[str, Any] | None = None) -> PlatformConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.animate.config import OneEuro
+from components.config.animate import OneEuro
 from components.fit_flame.alignment import OneEuroFilter
 from model.cameras import LabelLayout
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from components.config import PROFILES, P4DConfig
 from components.config import resolve_config as shared_resolve_config
-from components.deploy.config import DeployConfig
+from components.config.deploy import DeployConfig
 from components.errors import P4DError
 
 SECTION = "deploy"

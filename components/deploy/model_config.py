@@ -9,7 +9,7 @@ from __future__ import annotations
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from components.deploy.config import DeployConfig
+from components.config.deploy import DeployConfig
 from components.deploy.contract import CORRID, END, START, TensorSpec, input_specs, output_specs
 
 # parameters{} keys model.py reads: everything the server side needs travels in config.pbtxt

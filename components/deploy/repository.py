@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.deploy.backend import PACKAGE_DIR
-from components.deploy.config import DeployConfig
+from components.config.deploy import DeployConfig
 from components.deploy.model_config import config_text, model_config
 from components.errors import P4DError
 from components.io.atomic import atomic_dir, atomic_write_text

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from components.deploy.client import ClientError, Endpoint, Timings, encode_png, session_frames, stateless_frames
-from components.deploy.config import DeployConfig
+from components.config.deploy import DeployConfig
 from components.deploy.repository import ExportResult, export_package, model_names, remove_version, versions
 from components.deploy.server import ServerError, http_status
 from components.errors import P4DError

@@ -4,7 +4,7 @@
 is a thin wrapper around it. The metric functions are in metrics.py, the gate in gate.py.
 """
 
-from components.evaluate.config import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig, GateRule
+from components.config.evaluate import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig, GateRule
 
 __all__ = ["EvaluateConfig", "GateRule", "GREATER_IS_BETTER", "METRIC_NAMES", "EvaluateResult", "run"]
 

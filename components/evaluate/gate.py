@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components.evaluate.config import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig, GateRule
+from components.config.evaluate import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig, GateRule
 
 
 def gate_document(cfg: EvaluateConfig) -> dict:

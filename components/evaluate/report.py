@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from components.evaluate.config import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig
+from components.config.evaluate import GREATER_IS_BETTER, METRIC_NAMES, EvaluateConfig
 from components.evaluate.data import InputFailure
 from components.evaluate.gate import GateOutcome
 from components.evaluate.metrics import summarize

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from components.evaluate.config import EvaluateConfig
+from components.config.evaluate import EvaluateConfig
 from components.evaluate.data import EvaluateError, InputFailure, check_leakage, read_held_out
 from components.evaluate.gate import GateOutcome, check_gate, gate_document
 from components.evaluate.reenact import ClipRun, Item, Networks, run_clip, run_cross

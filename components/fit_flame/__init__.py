@@ -4,7 +4,7 @@
 ``p4d fit-flame`` command (cli.py) is a thin wrapper around it.
 """
 
-from components.fit_flame.config import FitFlameConfig
+from components.config.fit_flame import FitFlameConfig
 
 __all__ = ["FitFlameConfig", "FitFlameResult", "FailureRatioExceeded", "run"]
 

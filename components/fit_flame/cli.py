@@ -8,7 +8,7 @@ from pathlib import Path
 
 from components.config import PROFILES
 from components.config import resolve_config as shared_resolve_config
-from components.fit_flame.config import FitFlameConfig
+from components.config.fit_flame import FitFlameConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

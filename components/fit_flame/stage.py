@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from components.errors import P4DError
 from components.fit_flame.assets import FitAssets, load_assets
-from components.fit_flame.config import FitFlameConfig
+from components.config.fit_flame import FitFlameConfig
 from components.fit_flame.fitting import FlameFitter
 from components.fit_flame.manifest import FAILED, MANIFEST_NAME, OK, ManifestRow, write_manifest
 from components.fit_flame.media import InputItem, list_inputs

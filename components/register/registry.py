@@ -28,7 +28,7 @@ from typing import Any
 
 from components.errors import P4DError
 from components.io.tracking import TrackingError
-from components.register.config import RegisterConfig
+from components.config.register import RegisterConfig
 
 AUDIT_PREFIX = "audit."
 APPROVED, REJECTED, PENDING, ROLLED_BACK = "approved", "rejected", "pending", "rolled_back"

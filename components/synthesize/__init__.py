@@ -3,26 +3,15 @@
 - ``run(cfg, labels, out, assets)``: render the sharded dataset (folder or s3://), resumable.
 - ``ShardDataset(uri)``: read it back as a torch IterableDataset (one item per identity, K views).
 - ``GenHeadSampler`` + ``OnlineSynthesizer``: the same rendering as fresh batches inside training.
+
+The stage's settings are the ``synthesize`` section of the typed config (``components.config.synthesize``).
 """
 
-import importlib
-
-# Lazy (PEP 562): components.config imports SynthesizeConfig from this package, and the stage modules
-# import components.config, so nothing heavy may load when the package itself is imported.
-_HOME = {
-    "IdentityConditions": "conditions", "LabelPool": "conditions", "draw_identity": "conditions",
-    "load_label_pool": "conditions", "SynthesizeConfig": "config", "ShardDataset": "reader",
-    "read_index": "reader", "GenHeadSampler": "sampler", "OnlineSynthesizer": "sampler",
-    "ViewRenders": "sampler", "SynthesisSummary": "stage", "check_assets": "stage",
-    "load_models": "stage", "run": "stage", "synthesize_config": "stage",
-}
-
-
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"components.synthesize.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'components.synthesize' has no attribute {name!r}")
-
+from components.config.synthesize import SynthesizeConfig
+from components.synthesize.conditions import IdentityConditions, LabelPool, draw_identity, load_label_pool
+from components.synthesize.reader import ShardDataset, read_index
+from components.synthesize.sampler import GenHeadSampler, OnlineSynthesizer, ViewRenders
+from components.synthesize.stage import SynthesisSummary, check_assets, load_models, run
 
 __all__ = [
     "GenHeadSampler",
@@ -39,5 +28,4 @@ __all__ = [
     "load_models",
     "read_index",
     "run",
-    "synthesize_config",
 ]

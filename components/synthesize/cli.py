@@ -8,7 +8,7 @@ from pathlib import Path
 
 from components.config import PROFILES, P4DConfig
 from components.config import resolve_config as shared_resolve_config
-from components.synthesize.config import SynthesizeConfig
+from components.config.synthesize import SynthesizeConfig
 
 SECTION = "synthesize"
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from components.errors import P4DError
-from components.synthesize.config import SynthesizeConfig
+from components.config.synthesize import SynthesizeConfig
 from model.cameras import LABEL_DIM, CameraDistribution, LabelLayout, sample_cameras
 
 LABELS_FILE = "labels.npy"

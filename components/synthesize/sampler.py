@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from components.synthesize.conditions import IdentityConditions, LabelPool, derive_seed, draw_identity
-from components.synthesize.config import SynthesizeConfig
+from components.config.synthesize import SynthesizeConfig
 from components.synthesize.genhead_deformer import GenHeadDeformer
 from model.cameras import CameraDistribution, split_camera_label
 from model.deformation import FlameHead

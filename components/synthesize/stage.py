@@ -24,7 +24,7 @@ from components.config import P4DConfig
 from components.errors import P4DError
 from components.io.storage import Store, open_store
 from components.synthesize.conditions import LabelPool, derive_seed, draw_identity, load_label_pool
-from components.synthesize.config import SynthesizeConfig
+from components.config.synthesize import SynthesizeConfig
 from components.synthesize.sampler import SALT_RENDER, GenHeadSampler
 from components.synthesize.shards import (
     INDEX_FILE,
@@ -46,12 +46,6 @@ REQUIRED_ASSETS = ["genhead", "flame_model"]
 
 class SynthesisError(P4DError):
     """The output location holds something this run must not touch, or the run cannot proceed."""
-
-
-def synthesize_config(cfg: P4DConfig) -> SynthesizeConfig:
-    """The ``synthesize`` section of ``cfg`` (the profile's defaults until P4DConfig carries one)."""
-    section = getattr(cfg, "synthesize", None)
-    return section if isinstance(section, SynthesizeConfig) else SynthesizeConfig.for_profile(cfg.profile)
 
 
 def check_assets(asset_dir: str | Path, profile: str) -> BundleInfo:
@@ -212,7 +206,7 @@ def run(
     ``models`` (GenHead, FlameHead) replaces loading them from ``assets`` (tests, notebooks).
     ``on_shard_written(entry)`` runs after each shard is indexed.
     """
-    synth = synth or synthesize_config(cfg)
+    synth = synth or cfg.synthesize
     if models is None:
         if assets is None:
             raise SynthesisError("no --assets directory given: synthesize needs the GenHead and FLAME assets")

@@ -41,7 +41,7 @@ from components.train.checkpoint import (
     save_module_safetensors,
     set_rng_state,
 )
-from components.train.config import TrainConfig
+from components.config.train import TrainConfig
 from components.train.durable import CheckpointMirror
 from components.train.engine import (
     DiscriminatorObjective,

@@ -22,7 +22,7 @@ import torch
 from components.assets.networks import build_network, expected_shapes
 from components.config import P4DConfig
 from components.train.conditions import FlameConditioner
-from components.train.config import TrainConfig, train_config
+from components.config.train import TrainConfig
 from components.train.data import ClipPairStream, PsiBatch, data_version
 from components.train.engine import micro_batch_per_gpu
 from components.train.loop import MicroResult, StageTask, TrainResult, train
@@ -154,7 +154,7 @@ def run(cfg: P4DConfig, data: str | Path, psi3d: str | Path, out: str | Path, as
         resume: bool = False, device: str = "auto", progress: bool = True,
         checkpoint_store: str | None = None) -> TrainResult:
     """Train Ψ into ``out`` from the Ψ_3d weights at ``psi3d`` (a `p4d train psi3d` output, or a weights file)."""
-    train_cfg = train_config(cfg)
+    train_cfg = cfg.train
     if cfg.networks.psi.motion_dim != cfg.networks.pdfgc.motion_dim:
         raise WeightsError(
             f"networks.psi.motion_dim ({cfg.networks.psi.motion_dim}) differs from the PD-FGC motion size "

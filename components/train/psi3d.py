@@ -17,7 +17,7 @@ import torch
 from components.assets.networks import build_network
 from components.config import P4DConfig
 from components.train.conditions import FlameConditioner
-from components.train.config import TrainConfig, train_config
+from components.config.train import TrainConfig
 from components.train.data import MixedStream, OnlineStream, Psi3dBatch, ShardStream, TrainingDataError, data_version
 from components.train.engine import DistInfo, micro_batch_per_gpu
 from components.train.loop import MicroResult, StageTask, TrainResult, train
@@ -144,7 +144,7 @@ def run(cfg: P4DConfig, data: str | None, out: str | Path, assets: str | Path, *
         checkpoint_store: str | None = None) -> TrainResult:
     """Train Ψ_3d into ``out`` (checkpoints, model/psi3d.safetensors, metrics.jsonl, deepspeed_config.json);
     with ``checkpoint_store`` every checkpoint is uploaded there and a start resumes from it."""
-    train_cfg = train_config(cfg)
+    train_cfg = cfg.train
     if data is None and not online_labels:
         raise TrainingDataError("no training data: pass --data (synthesized shards) and/or --online with --labels")
     dist = prepare(cfg, assets, REQUIRED_ASSETS, device)

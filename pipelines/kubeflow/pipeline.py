@@ -24,7 +24,7 @@ from components.config import P4DConfig
 from pipelines.dag import DATA, DagError, ResolvedStage, Stage, producers, resolve, select, topological_order
 from pipelines.kubeflow import components as comps
 from pipelines.kubeflow.task_config import configure_control, configure_stage
-from components.platform import PlatformConfig
+from components.config.platform import PlatformConfig
 
 PIPELINE_NAME = "portrait4d-v2-retraining"
 

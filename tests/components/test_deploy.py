@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from components.deploy.client import ClientError, Endpoint, Timings, encode_png, session_frames
-from components.deploy.config import DeployConfig
+from components.config import build_config
 from components.deploy.contract import IMAGE, SOURCE_ENCODINGS
 from components.deploy.model_config import parse_config_text
 from components.deploy.repository import CONFIG_FILE, export_package, versions
@@ -35,7 +35,7 @@ from components.deploy.server import ServerError, free_port, start_server
 from components.io.storage import open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CFG = DeployConfig.tiny()
+CFG = build_config("tiny").deploy
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -257,7 +257,7 @@ def test_concurrent_clients_all_succeed_and_metrics_count_them(served, photos, a
 
 @pytest.mark.slow
 def test_idle_session_expires(tiny_model, animator, photos, tmp_path):
-    cfg = DeployConfig.tiny().model_copy(update={"session_idle_timeout_s": 3.0})
+    cfg = CFG.model_copy(update={"session_idle_timeout_s": 3.0})
     export_package(tiny_model["package"], tmp_path, cfg, animator.image_size, animator.motion_dim)
     motion = _motion(animator, 2)
     with start_server(tmp_path, [cfg.session_model_name], free_port(), free_port(), free_port()) as server:

@@ -10,7 +10,7 @@ import torch
 
 from components.assets.networks import build_network
 from components.evaluate import metrics as M
-from components.evaluate.config import METRIC_NAMES, EvaluateConfig, GateRule
+from components.config.evaluate import METRIC_NAMES, EvaluateConfig, GateRule
 from components.evaluate.gate import check_gate, gate_document
 from model.cameras import LabelLayout
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from components.config import build_config
-from components.evaluate.config import METRIC_NAMES
+from components.config.evaluate import METRIC_NAMES
 from components.evaluate.samples import CLIP_FRAMES, CLIP_SIDE, write_test_clips
 from components.fit_flame.manifest import MANIFEST_NAME, ManifestRow, read_manifest, write_manifest
 from components.io.hashing import file_sha256

@@ -25,6 +25,7 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 
 from components.assets.manifest import spec  # noqa: E402
+from components.config import build_config  # noqa: E402
 from components.fit_flame import FitFlameConfig  # noqa: E402
 from components.fit_flame.alignment import (  # noqa: E402
     POS_REFERENCE_3D,
@@ -58,7 +59,7 @@ torch.set_num_threads(1)
 
 
 def tiny(**overrides) -> FitFlameConfig:
-    return FitFlameConfig(**{**FitFlameConfig.tiny().model_dump(), **overrides})
+    return FitFlameConfig(**{**build_config("tiny").fit_flame.model_dump(), **overrides})
 
 
 def rotation_error_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,7 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def landmarker():
-    cfg = FitFlameConfig.tiny()
+    cfg = build_config("tiny").fit_flame
     with FaceLandmarker(cfg.detect_max_side, cfg.min_detection_confidence, cfg.mesh_input_px) as lm:
         yield lm
 
@@ -141,7 +142,7 @@ def _jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
 
 
 def test_config_defaults_follow_the_paper_and_tiny_is_small():
-    paper, small = FitFlameConfig(), FitFlameConfig.tiny()
+    paper, small = FitFlameConfig(), build_config("tiny").fit_flame
     assert paper.frames_per_clip == 50 and paper.crop_size == 512
     assert paper.n_shape == 300 and paper.n_expression == 100
     assert small.crop_size < paper.crop_size and small.iterations_full < paper.iterations_full

@@ -67,7 +67,7 @@ def labels_dir(tmp_path_factory) -> Path:
     return d
 
 
-SMALL = SynthesizeConfig.tiny().model_copy(update={"identities": 5, "views": 2, "shard_size": 2, "batch": 3,
+SMALL = CFG.synthesize.model_copy(update={"identities": 5, "views": 2, "shard_size": 2, "batch": 3,
                                                    "triplane_points": 16})
 
 
@@ -80,7 +80,7 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
 
 def test_camera_statistics_of_a_large_draw_match_the_seed_and_the_mix():
     pool = LabelPool.from_arrays([("fit", fitted_labels(50))])
-    cfg = SynthesizeConfig.tiny().model_copy(update={"views": 3})
+    cfg = CFG.synthesize.model_copy(update={"views": 3})
     conds = [draw_identity(pool, i, cfg, CFG.cameras, 0.5, 32) for i in range(1000)]
     fitted = torch.cat([c.camera_fitted for c in conds])
     n = fitted.numel()
@@ -114,7 +114,7 @@ def test_camera_statistics_of_a_large_draw_match_the_seed_and_the_mix():
 def test_conditions_follow_the_official_sampler():
     labels = fitted_labels(40)
     pool = LabelPool.from_arrays([("fit", labels)])
-    cfg = SynthesizeConfig.tiny().model_copy(update={"views": 3})
+    cfg = CFG.synthesize.model_copy(update={"views": 3})
     conds = [draw_identity(pool, i, cfg, CFG.cameras, 0.5, 32) for i in range(400)]
     by_source = {s: torch.from_numpy(labels[int(s.split(":")[1])]) for s in pool.sources}
     augmented = 0
@@ -367,7 +367,7 @@ def test_cli_resolves_profile_params_and_flags(tmp_path):
     params.write_text("profile: tiny\nsynthesize:\n  views: 4\n  triplane_points: 0\n")
     cfg, synth = resolve_config(None, params, {"identities": 9, "seed": 2})
     assert cfg.profile == "tiny" and (synth.identities, synth.views, synth.seed, synth.triplane_points) == (9, 4, 2, 0)
-    assert synth.neural_rendering_resolution == SynthesizeConfig.tiny().neural_rendering_resolution
+    assert synth.neural_rendering_resolution == CFG.synthesize.neural_rendering_resolution
     _, paper = resolve_config("paper", None, {})
     assert paper == SynthesizeConfig() and paper.neural_rendering_resolution == 64 and paper.views == 3
     with pytest.raises(ConfigError, match="synthesize.shard_size: got 0"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.config import build_config
-from components.train.config import TrainConfig
+from components.config.train import TrainConfig
 from components.train.engine import DistributedSetupError, deepspeed_config, micro_batch_per_gpu
 from components.train.schedule import ema_beta, iterations, lazy_due, neural_resolution, psi3d_schedule, psi_schedule
 

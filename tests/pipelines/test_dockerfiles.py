@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.platform import IMAGE_VERSION, PlatformConfig
+from components.config.platform import IMAGE_VERSION, PlatformConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile.*"))

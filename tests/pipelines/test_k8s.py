@@ -11,7 +11,7 @@ import promql_parser
 import pytest
 import yaml
 
-from components.platform import IMAGE_VERSION, PlatformConfig
+from components.config.platform import IMAGE_VERSION, PlatformConfig
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"

@@ -1,17 +1,17 @@
-"""Typed configuration of the ``fit_flame`` stage (defaults: the paper / official preprocessing)."""
+"""The ``fit_flame`` section: settings of the ``fit_flame`` stage (defaults: the paper / official preprocessing)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from components.config.base import Strict
 
 
-class FitFlameConfig(BaseModel):
+class FitFlameConfig(Strict):
     """Landmarks, 512 alignment, FLAME fitting and motion features for real images / video clips."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- inputs -------------------------------------------------------------------------------
     frames_per_clip: int = Field(50, gt=0, description="frames sampled evenly from each video clip (paper: 50)")
@@ -90,27 +90,6 @@ class FitFlameConfig(BaseModel):
         if not (0 < cx < 512 and 0 < cy < 512):
             raise ValueError(f"crop_pos_center {self.crop_pos_center} must lie inside a 512 crop")
         return self
-
-    @classmethod
-    def tiny(cls) -> "FitFlameConfig":
-        """CPU-friendly: few frames, short optimisation, small working sizes."""
-        return cls(
-            frames_per_clip=4,
-            detect_max_side=512,
-            min_face_px=48.0,
-            mesh_input_px=256,
-            crop_size=128,
-            iterations_camera=30,
-            iterations_full=300,
-        )
-
-    @classmethod
-    def for_profile(cls, profile: str) -> "FitFlameConfig":
-        if profile == "paper":
-            return cls()
-        if profile == "tiny":
-            return cls.tiny()
-        raise ValueError(f"unknown profile {profile!r}; allowed: tiny, paper")
 
     def fingerprint(self) -> str:
         """Short hash of every value that changes the outputs (the resume key, with the input sha256)."""

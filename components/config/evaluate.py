@@ -1,4 +1,4 @@
-"""Settings of the `evaluate` stage (attached to P4DConfig as the ``evaluate`` section).
+"""The ``evaluate`` section: settings of the `evaluate` stage.
 
 The gate lives here: for every stable metric name an absolute bound (``threshold``) and the allowed
 relative regression against the current champion (``max_regression``, a fraction). ``evaluate``
@@ -9,7 +9,9 @@ not a setting, so it cannot be configured the wrong way round.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from components.config.base import Strict
 
 # The stable metric names (the registry compares model versions by them) and their direction.
 # The stage, the gate, the summary table and the tests read this table.
@@ -32,11 +34,7 @@ GREATER_IS_BETTER: dict[str, bool] = {
 METRIC_NAMES: tuple[str, ...] = tuple(GREATER_IS_BETTER)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class GateRule(_Strict):
+class GateRule(Strict):
     """What a candidate must reach on one metric (None = no such rule)."""
 
     threshold: float | None = Field(None, description="absolute bound: >= for greater-is-better metrics, else <=")
@@ -57,17 +55,7 @@ def _paper_gate() -> dict[str, GateRule]:
     return {name: GateRule(threshold=floors[name], max_regression=0.05) for name in METRIC_NAMES}
 
 
-def _tiny_gate() -> dict[str, GateRule]:
-    """The tiny profile trains random-width networks for a few dozen images: its renders are not faces.
-    Only bounds every finite result meets (PSNR of any two 8-bit images is >= 0 dB, SSIM >= -1), and only on
-    the pixel metrics, which are always computed: identity metrics need a face in the render, which a tiny Ψ
-    does not draw, and a gated metric that is missing fails the gate. So the demo exercises the gate without
-    pretending to quality."""
-    floors = {"eval/self/psnr": 0.0, "eval/self/ssim": -1.0}
-    return {name: GateRule(threshold=floors.get(name)) for name in METRIC_NAMES}
-
-
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     """Held-out reenactment evaluation: what is rendered, how it is summarised, what the gate asks."""
 
     frames_per_clip: int = Field(
@@ -112,8 +100,3 @@ class EvaluateConfig(_Strict):
         if unknown:
             raise ValueError(f"gate: unknown metric(s) {unknown}; known: {', '.join(METRIC_NAMES)}")
         return self
-
-    @classmethod
-    def tiny(cls) -> "EvaluateConfig":
-        return cls(frames_per_clip=4, novel_yaws=(-0.4, 0.4), bootstrap_samples=200, sample_items=3,
-                   turntable_frames=8, video_fps=8, render_batch=4, gate=_tiny_gate())  # fmt: skip

@@ -1,4 +1,4 @@
-"""Review policy of the `register` stage and `p4d review` (attached to P4DConfig as the ``register`` section).
+"""The ``register`` section: review policy of the `register` stage and `p4d review`.
 
 The registered-model name lives in ``P4DConfig.tracking.registered_model`` and the gate thresholds in the
 evaluate stage's ``gate.json`` (``P4DConfig.evaluate.gate``); neither is repeated here.
@@ -6,13 +6,13 @@ evaluate stage's ``gate.json`` (``P4DConfig.evaluate.gate``); neither is repeate
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from components.config.base import Strict
 
 
-class RegisterConfig(BaseModel):
+class RegisterConfig(Strict):
     """Defaults are the cluster's: a human approves every champion; synthetic-asset models never serve."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     auto_approve: bool = Field(
         False, description="a version that passes the gate becomes champion at once (the embedded default: "
@@ -41,9 +41,3 @@ class RegisterConfig(BaseModel):
         if self.champion_alias == self.challenger_alias:
             raise ValueError(f"champion_alias and challenger_alias must differ (both {self.champion_alias!r})")
         return self
-
-    @classmethod
-    def tiny(cls) -> "RegisterConfig":
-        """The embedded default: synthetic assets, random-ish weights; approve on a passing gate so it deploys."""
-        return cls(auto_approve=True, require_real_assets_for_champion=False, connect_attempts=2,
-                   connect_backoff_s=0.5)

@@ -1,23 +1,22 @@
-"""Typed settings of the inference engine and `p4d animate` (the network itself comes with its weights)."""
+"""The ``animate`` section: settings of the inference engine and `p4d animate` (the network itself comes with
+its weights)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from components.config.base import Strict
 
 
-class OneEuro(BaseModel):
+class OneEuro(Strict):
     """One-euro filter settings; time runs in frames, so smoothing does not depend on the frame rate."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_cutoff: float = Field(..., gt=0, description="cutoff (cycles per frame) of a still signal: lower = steadier")
     beta: float = Field(..., ge=0, description="how fast the cutoff rises with speed: higher = less lag on fast motion")
 
 
-class AnimateConfig(BaseModel):
+class AnimateConfig(Strict):
     """Driving-video smoothing, batching and output defaults of the Animator."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     smooth_motion: OneEuro = Field(OneEuro(min_cutoff=0.1, beta=0.5),
                                    description="one-euro filter of the 548-d PD-FGC motion over driving frames")

@@ -1,4 +1,4 @@
-"""Settings of the `deploy` stage (attached to P4DConfig as the ``deploy`` section).
+"""The ``deploy`` section: settings of the `deploy` stage.
 
 What the Triton model repository looks like (model names, instance kind, batching, session timeout),
 what the server accepts (image size limits), how the server is started (ports, readiness) and how a
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from components.config.base import Strict
 
 
-class DeployConfig(BaseModel):
+class DeployConfig(Strict):
     """Defaults: the cluster (``paper``): one GPU instance per model, Triton's standard ports."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     model_name: str = Field("portrait4d", pattern=r"^[A-Za-z0-9_.-]+$",
                             description="stateless Triton model: SOURCE + DRIVING|MOTION -> IMAGE")
@@ -64,11 +64,3 @@ class DeployConfig(BaseModel):
         if len(set(ports)) != 3:
             raise ValueError(f"http_port, grpc_port and metrics_port must differ, got {ports}")
         return self
-
-    @classmethod
-    def tiny(cls) -> "DeployConfig":
-        """CPU instances, a short session timeout; the local stage smoke-tests a real server."""
-        # the idle timeout counts from a session's last request's ARRIVAL: on a busy 2-core box one source
-        # encoding can take tens of seconds, so it must be well above that
-        return cls(instance_kind="cpu", max_batch_size=4, session_idle_timeout_s=120.0, ready_timeout_s=180.0,
-                   local_smoke=True)

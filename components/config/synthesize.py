@@ -1,4 +1,4 @@
-"""Settings of the `synthesize` stage (attached to P4DConfig as the ``synthesize`` section).
+"""The ``synthesize`` section: settings of the `synthesize` stage.
 
 Facts shared with other stages are NOT repeated here: the camera distribution
 (``P4DConfig.cameras``), the fitted/sampled camera mix (``P4DConfig.camera_mix_fitted_prob``) and the
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from components.config.base import Strict
 
 
-class SynthesizeConfig(BaseModel):
+class SynthesizeConfig(Strict):
     """Defaults: the official online sampler (training_loop_recon_v1.py ``fetch_random_params`` and
     loss_recon_v1.py ``gen_data_by_G_syn``) where it has a value; dataset sizes are ours."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     identities: int = Field(100_000, gt=0, description="identities (latent z + FLAME conditions) to render")
     views: int = Field(
@@ -61,12 +61,3 @@ class SynthesizeConfig(BaseModel):
     max_failure_ratio: float = Field(
         0.1, ge=0, le=1, description="fail if more than this fraction of label rows is unusable (NaN, wrong width)"
     )
-
-    @classmethod
-    def tiny(cls) -> "SynthesizeConfig":
-        """A handful of identities at GenHeadConfig.tiny() sizes (16² renders, 64² images)."""
-        return cls(identities=6, views=2, shard_size=2, batch=4, neural_rendering_resolution=16, triplane_points=64)
-
-    @classmethod
-    def for_profile(cls, profile: str) -> "SynthesizeConfig":
-        return cls.tiny() if profile == "tiny" else cls()

@@ -1,20 +1,23 @@
-"""Where and how the stages run on the cluster: images, the A100 node pool, per-stage resources, secrets.
+"""The ``platform`` section: where and how the stages run on the cluster: images, the A100 node pool,
+per-stage resources, secrets.
 
-This is the ``platform`` section of the typed config (``P4DConfig.platform``). The Kubeflow pipeline,
+The Kubeflow pipeline,
 the PyTorchJob manifests, ``dvc.yaml`` and the k8s overlays all read these names, so a node-pool
 label, a secret name or an image tag is written once.
 
 Profiles: ``paper`` = A100-80GB pool, 8 GPUs per training node; ``tiny`` = CPU only (no GPU, no
-node pool), small requests, so the same pipeline compiles for a laptop-sized kind/minikube cluster.
+node pool), small requests, so the same pipeline compiles for a laptop-sized kind/minikube cluster
+(its values: ``components/config/profiles.py``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from components.config.base import Strict
 from components.errors import ConfigError
 
 # Kubernetes quantities ("4", "500m", "16Gi"): checked so a typo fails at compile time, not in the cluster.
@@ -22,11 +25,7 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 IMAGE_VERSION = "0.1.0"  # the project version; images are tagged with it (never `latest`)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class Images(_Strict):
+class Images(Strict):
     gpu: str = Field(
         f"ghcr.io/portrait4d-mlops/p4d-gpu:{IMAGE_VERSION}", description="CUDA image for GPU stages (docker/Dockerfile.gpu)"
     )
@@ -43,7 +42,7 @@ class Images(_Strict):
         return ref
 
 
-class GpuNodePool(_Strict):
+class GpuNodePool(Strict):
     """The A100 pool: GPU pods select it by label and tolerate its taint (nothing else lands there)."""
 
     label_key: str = Field("nvidia.com/gpu.product", description="node label (set by NVIDIA GPU feature discovery)")
@@ -55,7 +54,7 @@ class GpuNodePool(_Strict):
     gpu_resource: str = Field("nvidia.com/gpu", description="extended resource name of a GPU")
 
 
-class SecretRefs(_Strict):
+class SecretRefs(Strict):
     """Kubernetes Secret NAMES and key -> env mappings. Values never appear in this repository."""
 
     s3: str = Field("p4d-s3-credentials", description="Secret with the object-store credentials")
@@ -69,7 +68,7 @@ class SecretRefs(_Strict):
     )
 
 
-class Endpoints(_Strict):
+class Endpoints(Strict):
     """In-cluster service addresses (plain config; credentials come from SecretRefs)."""
 
     s3_endpoint_url: str = Field("", description="AWS_ENDPOINT_URL inside pods ('' = AWS S3; dev: in-cluster MinIO)")
@@ -77,7 +76,7 @@ class Endpoints(_Strict):
     pushgateway_url: str = Field("http://pushgateway.p4d.svc.cluster.local:9091")
 
 
-class StageResources(_Strict):
+class StageResources(Strict):
     cpu: str = Field("2", description="CPU request = limit")
     memory: str = Field("8Gi", description="memory request = limit")
     gpus: int = Field(0, ge=0, description="GPUs per pod (0 = CPU stage, no GPU pool)")
@@ -94,14 +93,14 @@ class StageResources(_Strict):
         return value
 
 
-class PyTorchJobSection(_Strict):
+class PyTorchJobSection(Strict):
     namespace: str = Field("p4d", description="namespace of training jobs (kubeflow training-operator)")
     service_account: str = Field("p4d-pipeline-runner", description="SA allowed to create PyTorchJobs")
     poll_s: int = Field(30, gt=0, description="status poll interval of the launcher")
     metrics_port: int = Field(9400, gt=0, le=65535, description="Prometheus port of rank 0 (the PodMonitor scrapes it)")
 
 
-class PlatformConfig(_Strict):
+class PlatformConfig(Strict):
     images: Images = Images()
     gpu_pool: GpuNodePool = GpuNodePool()
     secrets: SecretRefs = SecretRefs()
@@ -155,13 +154,3 @@ class PlatformConfig(_Strict):
 
     def image_for(self, res: StageResources) -> str:
         return self.images.gpu if res.gpus else self.images.cpu
-
-
-def tiny_overrides() -> dict[str, Any]:
-    """The ``tiny`` profile: CPU only, small requests, small synthetic data (for P4DConfig's ``_tiny``)."""
-    cpu_stage = {"cpu": "2", "memory": "4Gi", "gpus": 0, "shm": "1Gi", "retries": 1}
-    return {
-        "endpoints": {"s3_endpoint_url": "http://minio.p4d.svc.cluster.local:9000"},
-        "shard_parallelism": 2,
-        "stages": {name: dict(cpu_stage) for name in PlatformConfig().stages},
-    }
