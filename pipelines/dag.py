@@ -6,9 +6,8 @@ A stage is a ``p4d`` sub-command with an argv template whose ``{placeholders}`` 
 ``{seed}``, ``{identities}``). Edges are not written down: stage B follows stage A when B reads
 a data node A writes. Resources come from the platform config, by stage name.
 
-A stage is *available* when its command is registered in ``p4d`` (and every stage it reads from is
-available): only available stages go into ``dvc.yaml`` and the compiled pipeline, so a stage joins
-both as soon as its CLI lands, with no other change here.
+Every stage goes into ``dvc.yaml`` and the compiled pipeline. A stage whose command is not registered in
+``p4d`` (its CLI module missing or renamed) is an error naming the stage, never a stage that silently drops out.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from components.errors import P4DError
-from components.platform import PlatformConfig, StageResources
+from components.config.platform import PlatformConfig, StageResources
 
 RUN_VALUES = ("params", "device", "seed", "identities")
 PARAMS_TOKEN = "{params}"  # on Kubeflow, `p4d pipeline exec` replaces this argv element with the params file
@@ -52,7 +51,6 @@ class Stage:
     fan_out: str | None = None  # sharded source node whose shards this stage runs per (Kubeflow ParallelFor)
     shard_args: tuple[str, ...] = ()  # argv added when run per shard: the shard's seed / share of the work
     secrets: tuple[str, ...] = ()  # "s3" / "mlflow" (every stage logs its metrics there): credentials as env
-    planned: bool = False  # CLI not written yet; argv to be confirmed when it lands
 
     def placeholders(self, per_shard: bool = False) -> set[str]:
         args = (*self.args, *self.shard_args) if per_shard else self.args
@@ -290,34 +288,31 @@ def registered_commands() -> frozenset[tuple[str, ...]]:
     return frozenset(_command_paths(build_parser()))
 
 
-def available_stages(
-    stages: Iterable[Stage] = STAGES, commands: Iterable[tuple[str, ...]] | None = None
-) -> list[Stage]:
-    """Stages whose command exists and whose every upstream stage is available, in DAG order."""
+def check_commands(stages: Iterable[Stage], commands: Iterable[tuple[str, ...]] | None = None) -> None:
+    """Every stage's command is a registered ``p4d`` command, else one error naming each stage without one."""
     commands = set(registered_commands() if commands is None else commands)
-    stages = list(stages)
-    made_by = producers(stages)
-    ok: dict[str, bool] = {}
-    for s in topological_order(stages):
-        upstream = {made_by[n] for n in s.inputs if n in made_by}
-        ok[s.name] = s.command in commands and all(ok[u] for u in upstream)
-    return [s for s in topological_order(stages) if ok[s.name]]
+    missing = [f"{s.name} (`p4d {' '.join(s.command)}`)" for s in stages if s.command not in commands]
+    if missing:
+        raise DagError(f"DAG stage(s) whose command is not a registered p4d command: {', '.join(missing)}; "
+                       "add its CLI module to pipelines/cli.py COMMAND_MODULES or fix the stage's command")
 
 
 def select(names: Iterable[str] | None = None, commands: Iterable[tuple[str, ...]] | None = None) -> list[Stage]:
-    """The stages to run: the available ones, or exactly ``names`` (for tests and previews of planned stages)."""
+    """The stages to run, in DAG order: all of them, or exactly ``names``; each must have its command."""
     if names is None:
-        return available_stages(commands=commands)
-    names = list(names)
-    unknown = [n for n in names if n not in STAGE_BY_NAME]
-    if unknown:
-        raise DagError(f"unknown stage(s) {unknown}; the DAG has {', '.join(STAGE_BY_NAME)}")
-    chosen = [s for s in topological_order(STAGES) if s.name in names]
-    made_by = producers(STAGES)
-    for s in chosen:
-        missing = [made_by[n] for n in s.inputs if n in made_by and made_by[n] not in names]
-        if missing:
-            raise DagError(f"stage {s.name} needs {sorted(set(missing))}, which is not selected")
+        chosen = topological_order(STAGES)
+    else:
+        names = list(names)
+        unknown = [n for n in names if n not in STAGE_BY_NAME]
+        if unknown:
+            raise DagError(f"unknown stage(s) {unknown}; the DAG has {', '.join(STAGE_BY_NAME)}")
+        chosen = [s for s in topological_order(STAGES) if s.name in names]
+        made_by = producers(STAGES)
+        for s in chosen:
+            missing = [made_by[n] for n in s.inputs if n in made_by and made_by[n] not in names]
+            if missing:
+                raise DagError(f"stage {s.name} needs {sorted(set(missing))}, which is not selected")
+    check_commands(chosen, commands)
     return chosen
 
 

@@ -54,20 +54,15 @@ def test_bad_descriptions_are_rejected():
         dag.validate([good, twice])
 
 
-def test_availability_follows_registered_commands_and_upstream():
-    only_fit = dag.available_stages(commands=[("fit-flame",)])
-    assert [s.name for s in only_fit] == ["fit_flame", "fit_flame_video", "fit_flame_test"]
-    # train psi3d alone is not available: its upstream (synthesize) is missing
-    assert [s.name for s in dag.available_stages(commands=[("fit-flame",), ("train", "psi3d")])] == [
-        "fit_flame", "fit_flame_video", "fit_flame_test"]
-    every = {s.command for s in dag.STAGES}
-    assert [s.name for s in dag.available_stages(commands=every)] == [
-        s.name for s in dag.topological_order(dag.STAGES)]
-    # the real CLI: a stage is there exactly when its command is
-    registered = dag.registered_commands()
-    assert {s.name for s in dag.available_stages()} == {
-        s.name for s in dag.STAGES if s.command in registered and all(
-            u in {x.name for x in dag.available_stages()} for u, d in dag.edges(dag.STAGES) if d == s.name)}
+def test_every_stage_is_selected_and_a_missing_command_is_named():
+    # no stage drops out: select() is the whole DAG in order, and every stage's command is registered
+    assert [s.name for s in dag.select()] == [s.name for s in dag.topological_order(dag.STAGES)]
+    assert {s.command for s in dag.STAGES} <= dag.registered_commands()
+    with pytest.raises(dag.DagError, match=r"fit_flame \(`p4d fit-flame`\), fit_flame_video .*fit_flame_test"):
+        dag.select(commands=[c for c in dag.registered_commands() if c != ("fit-flame",)])
+    with pytest.raises(dag.DagError, match=r"evaluate \(`p4d evaluate`\)"):
+        dag.select(["fit_flame_video", "fit_flame_test", "fit_flame", "synthesize", "train_psi3d", "train_psi",
+                    "evaluate"], commands=[s.command for s in dag.STAGES if s.name != "evaluate"])
 
 
 def test_render_fills_every_placeholder():
@@ -92,9 +87,8 @@ def _dvc_graph(dvc_yaml: str, tmp: Path) -> tuple[set[str], set[tuple[str, str]]
     return set(yaml.safe_load(dvc_yaml)["stages"]), edges
 
 
-@pytest.mark.parametrize("which", ["available", "all"])
-def test_dvc_and_kubeflow_have_the_same_stages_and_edges(tmp_path, which):
-    stages = dag.select() if which == "available" else list(dag.STAGES)
+def test_dvc_and_kubeflow_have_the_same_stages_and_edges(tmp_path):
+    stages = dag.select()  # every stage of the DAG (a missing command is an error, not a smaller DAG)
     names = [s.name for s in stages]
     dvc_yaml = dvc_yaml_text(render_dvc(dag.resolve(stages, build_platform("tiny"))))
     dvc_stages, dvc_edges = _dvc_graph(dvc_yaml, tmp_path)
