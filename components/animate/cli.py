@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from components.animate.engine import CAMERA_MODES, NECK_MODES, AnimateError
+from components.device import add_device_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | output")
     p.add_argument("--frames", type=Path, default=None, help="also write the output frames as PNGs into this folder")
     p.add_argument("--batch", type=int, default=None, help="frames per network call (default: animate.batch)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (default: cpu)")
+    add_device_argument(p)
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the driving video's)")
     p.set_defaults(func=_handle)
 

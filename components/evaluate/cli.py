@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from components.config import PROFILES, resolve_config
+from components.device import add_device_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--assets", required=True, type=Path, metavar="DIR",
                         help="asset folder (FLAME, PD-FGC, ArcFace, LPIPS; optional FID Inception weights)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (replaced atomically)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--champion-metrics", type=Path, default=None, metavar="FILE",
                         help="the champion's metrics.json: the summary shows it and checks max_regression against it")
     parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: tiny)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import PROFILES
 from components.config import resolve_config as shared_resolve_config
 from components.config.fit_flame import FitFlameConfig
+from components.device import add_device_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="asset folder (FLAME, landmark embedding, optional PD-FGC)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--video", action="store_true", help="inputs are video clips (mp4/mov)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--batch", type=int, default=16, help="items fitted together (default: 16; thousands on a GPU)")
     parser.add_argument("--workers", type=int, default=0,
                         help="CPU processes preparing inputs (default: 0, in-process)")  # fmt: skip

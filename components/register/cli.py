@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from components.config import PROFILES
+from components.device import add_device_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def _add_register(subparsers: argparse._SubParsersAction) -> None:
                         help="pipeline run to link (default: env P4D_PIPELINE_RUN_ID)")
     parser.add_argument("--dvc-lock", type=Path, default=None, metavar="FILE",
                         help="dvc.lock with the data hashes (default: ./dvc.lock when present)")
-    parser.add_argument("--device", default="cpu", help="device for writing the package (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: params or tiny)")
     parser.add_argument("--params", type=Path, default=None, help="params.yaml (profile + section overrides)")
     parser.set_defaults(func=_register)

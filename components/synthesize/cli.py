@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import PROFILES, P4DConfig
 from components.config import resolve_config as shared_resolve_config
 from components.config.synthesize import SynthesizeConfig
+from components.device import add_device_argument
 
 SECTION = "synthesize"
 
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="root seed (default: profile)")
     parser.add_argument("--batch", type=int, help="views per GenHead forward (default: profile)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="GenHead autocast dtype")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: params or tiny)")
     parser.add_argument("--params", type=Path, default=None, help="params.yaml (profile + section overrides)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from components.config import PROFILES
+from components.device import add_device_argument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="run folder: checkpoints/, model/, metrics.jsonl, deepspeed_config.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last complete checkpoint in --out (a fresh start if there is none)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: cuda when available)")
+    add_device_argument(parser)
     parser.add_argument("--profile", choices=PROFILES, default=None, help="config profile (default: params or tiny)")
     parser.add_argument("--params", type=Path, default=None, help="params.yaml (profile + section overrides)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
