@@ -127,7 +127,7 @@ def record_landmarks(out: Path, profile: str, n_frames: int) -> dict:
     """Run the real FaceLandmarker (the Animator's settings of ``profile``) on the source + every frame, time it,
     and write points / n_faces / face_px / checksums (+ the timing) to ``out`` (.npz)."""
     from components.config import build_config
-    from components.fit_flame.landmarks import FaceLandmarker
+    from components.landmarks import FaceLandmarker
     from components.fit_flame.manifest import ItemFailure
 
     fit_cfg = build_config(profile).fit_flame
@@ -177,7 +177,7 @@ def record_landmarks(out: Path, profile: str, n_frames: int) -> dict:
 
 
 class ReplayLandmarker:
-    """Stands in for components.fit_flame.landmarks.FaceLandmarker: hands back the recorded result of each image.
+    """Stands in for components.landmarks.FaceLandmarker: hands back the recorded result of each image.
 
     The benchmark says which run of images comes next (``expect("source")`` / ``expect("frames")``); every call
     then takes the next recorded image in order and checks that the image handed in is that one (shape and
@@ -202,7 +202,7 @@ class ReplayLandmarker:
         self._next, self._stop = (0, 1) if what == "source" else (1, len(self.shapes))
 
     def __call__(self, rgb: np.ndarray, min_face_px: float = 0.0):
-        from components.fit_flame.landmarks import FaceLandmarks
+        from components.landmarks import FaceLandmarks
         from components.fit_flame.manifest import ItemFailure
 
         i = self._next
@@ -235,7 +235,7 @@ def write_assets(root: Path, profile: str, source_points: np.ndarray, seed: int 
     import components.assets.synth as synth
     from components.assets.manifest import BUNDLE_METADATA, spec
     from components.assets.networks import build_network
-    from components.fit_flame.synthetic import synthetic_mediapipe_embedding
+    from components.assets.synthetic_embedding import synthetic_mediapipe_embedding
 
     arrays = synth._write_flame(root, seed)
     live = synth._mediapipe_embedding
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         if replay is not None:
             source_points = replay.points[0].astype(np.float64)
         else:
-            from components.fit_flame.landmarks import FaceLandmarker
+            from components.landmarks import FaceLandmarker
 
             with FaceLandmarker(**_landmark_settings(cfg.fit_flame)) as lm:
                 source_points = lm(source_image).points

@@ -21,7 +21,8 @@ import torch
 from components.config import PROFILES, build_config
 from components.config.fit_flame import FitFlameConfig
 from components.fit_flame.fitting import FlameFitter
-from components.fit_flame.synthetic import random_fit_problem, random_front_embedding
+from components.assets.synthetic_embedding import random_front_embedding
+from components.fit_flame.synthetic import random_fit_problem
 from model.flame import LandmarkEmbedding, synthetic_flame_arrays
 
 
@@ -35,7 +36,7 @@ def bench_landmarks(cfg: FitFlameConfig, n_images: int) -> tuple[float, float]:
     from PIL import Image
     from skimage import data
 
-    from components.fit_flame.landmarks import FaceLandmarker
+    from components.landmarks import FaceLandmarker
     from components.fit_flame.prepare import align_image
 
     base = data.astronaut()
@@ -68,9 +69,9 @@ def bench_stage(cfg: FitFlameConfig, n_images: int, workers: int, device: str, b
     from skimage import data
 
     from components.assets.manifest import spec
-    from components.fit_flame.landmarks import FaceLandmarker
+    from components.landmarks import FaceLandmarker
     from components.fit_flame.stage import run
-    from components.fit_flame.synthetic import synthetic_mediapipe_embedding
+    from components.assets.synthetic_embedding import synthetic_mediapipe_embedding
     from model.flame import write_flame_pickle
 
     base = data.astronaut()

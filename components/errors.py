@@ -9,3 +9,10 @@ class P4DError(Exception):
 
 class ConfigError(P4DError, ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+class ItemFailure(Exception):
+    """One input item cannot be used; the message is the manifest ``reason`` (precise, actionable).
+
+    Not a P4DError: a stage records it for the item and goes on with the others (DESIGN §6).
+    """

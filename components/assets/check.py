@@ -18,6 +18,7 @@ import numpy as np
 
 from components.assets.manifest import ASSETS, BUNDLE_METADATA, AssetSpec
 from components.errors import P4DError
+from model.face_mesh import N_MESH_POINTS
 
 Status = Literal["ok", "missing", "wrong format"]
 
@@ -109,8 +110,6 @@ def _check_mediapipe_embedding(path: Path, bundle: BundleInfo) -> str:
         raise ValueError(
             f"shapes {data['lmk_b_coords'].shape} / {data['landmark_indices'].shape} do not match {n} landmarks"
         )
-    from components.fit_flame.landmarks import N_MESH_POINTS
-
     if data["landmark_indices"].max(initial=0) >= N_MESH_POINTS:
         raise ValueError(f"landmark_indices point past the {N_MESH_POINTS} MediaPipe face-mesh points")
     return f"{n} MediaPipe-to-FLAME landmarks"

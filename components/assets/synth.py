@@ -69,8 +69,8 @@ def _mediapipe_embedding(arrays: dict) -> dict[str, np.ndarray]:
     """
     from skimage.data import astronaut
 
-    from components.fit_flame.landmarks import FaceLandmarker
-    from components.fit_flame.synthetic import synthetic_mediapipe_embedding
+    from components.landmarks import FaceLandmarker
+    from components.assets.synthetic_embedding import synthetic_mediapipe_embedding
 
     with FaceLandmarker() as landmarker:
         points = landmarker(astronaut()).points

@@ -96,7 +96,7 @@ def lpips(net: nn.Module, output: np.ndarray, target: np.ndarray, device: str = 
 
 def identity_landmarks(mesh_points: np.ndarray) -> np.ndarray:
     """(N, 478, 2) MediaPipe points -> (N, 70, 2): the 68 iBUG points + eye centres ArcFace aligns by."""
-    from components.fit_flame.landmarks import MESH_TO_IBUG68
+    from model.face_mesh import MESH_TO_IBUG68
     from components.train.conditions import with_eye_centres
 
     return with_eye_centres(torch.from_numpy(np.asarray(mesh_points, dtype=np.float32)[:, MESH_TO_IBUG68])).numpy()

@@ -23,7 +23,7 @@ from torch import nn
 from components.animate import Animator, Motion, NoFaceError, Source
 from components.evaluate import metrics as M
 from components.evaluate.data import HeldOutClip, InputFailure
-from components.fit_flame.landmarks import N_MESH_POINTS
+from model.face_mesh import N_MESH_POINTS
 from model.cameras import LABEL_DIM
 
 NO_FACE_IN_RENDER = "no face found in the render (MediaPipe + FLAME fit at 512²)"

@@ -12,7 +12,7 @@ import torch
 
 from components.assets.manifest import BUNDLE_METADATA, spec
 from components.errors import P4DError
-from components.fit_flame.landmarks import N_MESH_POINTS
+from model.face_mesh import N_MESH_POINTS
 from model.flame import FlameFileError, LandmarkEmbedding, load_flame_pickle, load_landmark_embeddings
 from model.networks.pdfgc import PDFGCConfig, PDFGCMotionEncoder
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from kornia.geometry.conversions import rotation_matrix_to_axis_angle
 
 from components.config.fit_flame import FitFlameConfig
-from components.fit_flame.landmarks import MESH_TO_IBUG68
+from model.face_mesh import MESH_TO_IBUG68
 from model.cameras import FOCAL_NORMALIZED, LABEL_DIM, LabelLayout, camera_label, intrinsics_normalized
 from model.flame import FlameLayer, LandmarkEmbedding, batch_rodrigues, landmarks_from_vertices
 

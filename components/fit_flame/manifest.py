@@ -15,14 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.errors import ItemFailure  # noqa: F401  (a failed row's reason; the stages import it from here)
 from components.io.atomic import atomic_path
 
 MANIFEST_NAME = "manifest.parquet"
 OK, FAILED = "ok", "failed"
-
-
-class ItemFailure(Exception):
-    """One input item cannot be used; the message is the manifest ``reason`` (precise, actionable)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from components.fit_flame.landmarks import MESH_TO_IBUG68
+from model.face_mesh import MESH_TO_IBUG68
 from model.face_align import crop_for_motion
 from model.networks.pdfgc import PDFGCMotionEncoder
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from components.fit_flame.alignment import CropTransform, crop_image, crop_transform, pos_crop_params, smooth_crop_params
 from components.config.fit_flame import FitFlameConfig
-from components.fit_flame.landmarks import FaceLandmarker, FaceLandmarks
+from components.landmarks import FaceLandmarker, FaceLandmarks
 from components.fit_flame.manifest import FAILED, OK, ItemFailure, ManifestRow
 from components.fit_flame.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, InputItem, decode_clip, decode_image, fetch
 from components.fit_flame.motion import motion_crop

@@ -39,11 +39,12 @@ from components.fit_flame.alignment import (  # noqa: E402
 )
 from components.fit_flame.cli import resolve_config  # noqa: E402
 from components.fit_flame.fitting import FLAME_TO_WORLD, FlameFitter, landmark_flame_arrays  # noqa: E402
-from components.fit_flame.landmarks import FaceLandmarker  # noqa: E402
+from components.landmarks import FaceLandmarker  # noqa: E402
 from components.fit_flame.manifest import ItemFailure  # noqa: E402
 from components.fit_flame.media import decode_clip, decode_image, sample_indices  # noqa: E402
 from components.fit_flame.stage import FailureRatioExceeded, run  # noqa: E402
-from components.fit_flame.synthetic import random_fit_problem, synthetic_mediapipe_embedding  # noqa: E402
+from components.assets.synthetic_embedding import synthetic_mediapipe_embedding  # noqa: E402
+from components.fit_flame.synthetic import random_fit_problem  # noqa: E402
 from model.cameras import LabelLayout, intrinsics_normalized, split_camera_label  # noqa: E402
 from model.flame import (  # noqa: E402
     FlameLayer,

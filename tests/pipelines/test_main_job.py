@@ -53,7 +53,7 @@ def consistent_assets(tmp_path_factory) -> Path:
     import skimage.data
 
     from components.assets.synth import synthesize_bundle
-    from components.fit_flame.synthetic import synthetic_mediapipe_embedding
+    from components.assets.synthetic_embedding import synthetic_mediapipe_embedding
     from model.flame import load_flame_pickle
 
     root = synthesize_bundle(tmp_path_factory.mktemp("assets") / "bundle", "tiny")
