@@ -5,8 +5,9 @@ Official snapshots are ``pickle.dump({'G': G, 'D': D, 'G_ema': G_ema, 'augment_p
 ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with ``meta = {type: 'class', version: 6, module_src:
 <source text of its .py file>, class_name, state: <the module's __dict__>}`` (official torch_utils/persistence.py);
 the official loader ``exec``s ``module_src``. Here that hook returns a :class:`PersistentRecord` (plain data), other
-module classes become inert :class:`ObjectRecord` stand-ins, and tensors are rebuilt from their raw bytes. Any
-global outside the allow-list is refused by name before anything is called.
+module classes become inert :class:`ObjectRecord` stand-ins, and tensors are rebuilt from their raw bytes. The
+unpickler is the shared restricted core (``model/restricted_pickle.py``, which also reads numpy arrays and sets):
+any global outside this allow-list is refused by name before anything is called.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 
 from components.import_official.errors import OfficialImportError, UnsafePickleError
+from model import restricted_pickle
+from model.restricted_pickle import RestrictedUnpickler, container_globals, numpy_globals
 
 # Official persistence format version (torch_utils/persistence.py `_version`).
 PERSISTENCE_VERSION = 6
@@ -202,16 +205,6 @@ def _safe_reconstructor(cls, base, state):
     return obj
 
 
-def _ndarray_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"refusing numpy _reconstruct of {subtype!r}: only numpy.ndarray is allowed")
-    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
-
-
-_NUMPY_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy(.core|._core).multiarray._reconstruct
-_NUMPY_SCALAR = np.float32(0).__reduce__()[0]  # numpy(.core|._core).multiarray.scalar
-
-
 def _plain_dict(*_args: Any) -> dict:
     return {}  # defaultdict: the default factory is dropped, the items follow
 
@@ -236,15 +229,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("copyreg", "_reconstructor"): _safe_reconstructor,
     ("dnnlib.util", "EasyDict"): EasyDictData,
     ("dnnlib", "EasyDict"): EasyDictData,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _ndarray_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _ndarray_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _NUMPY_SCALAR,
-    ("numpy._core.multiarray", "scalar"): _NUMPY_SCALAR,
+    **numpy_globals(),  # arrays through the shared stand-ins (ndarray only as _reconstruct's argument)
+    **container_globals(),  # set, frozenset, protocol<3 bytes
     # plain containers only; builtins such as eval/exec/getattr/__import__ stay refused
-    **{("builtins", n): getattr(builtins, n) for n in ("set", "frozenset", "slice", "complex", "bytearray",
-                                                       "object", "dict", "list", "tuple")},
+    **{("builtins", n): getattr(builtins, n) for n in ("slice", "complex", "bytearray", "object", "dict", "list",
+                                                       "tuple")},
 }
 
 
@@ -253,27 +242,24 @@ def _torch_dtype(name: str) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` only hands out allow-listed callables and inert stand-ins."""
+class SafeUnpickler(RestrictedUnpickler):
+    """The shared restricted unpickler with this allow-list, plus the name families a table cannot list."""
+
+    allows = "official network pickles only reference tensors, plain containers and the persistence hook"
+    error = UnsafePickleError
 
     def __init__(self, file: BinaryIO, source: str):
-        super().__init__(file)
-        self.source = source
+        super().__init__(file, source, _ALLOWED)
         self._records: dict[str, type] = {}
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+    def find_extra(self, module: str, name: str) -> Any | None:
         if module == "torch" and _torch_dtype(name) is not None:
             return _torch_dtype(name)  # e.g. FLAME's `self.dtype = torch.float32`
         if module == "torch.storage" and name == "_load_from_bytes":
             return self._load_from_bytes
         if module.startswith(RECORDED_CLASS_PREFIXES) or (module, name) == ("functools", "partial"):
             return self._record_class(f"{module}.{name}")
-        raise UnsafePickleError(
-            f"{self.source}: refusing to load global '{module}.{name}': official network pickles only "
-            "reference tensors, plain containers and the persistence hook; nothing from the file was run"
-        )
+        return None
 
     def _record_class(self, qualname: str) -> type:
         if qualname not in self._records:
@@ -287,17 +273,18 @@ class SafeUnpickler(pickle.Unpickler):
         return read_legacy_storage(bytes(blob), self.source)
 
 
-class _LegacyStorageUnpickler(pickle.Unpickler):
+_STORAGE_GLOBALS = {("torch", name): dtype for name, dtype in STORAGE_DTYPES.items()}
+
+
+class _LegacyStorageUnpickler(RestrictedUnpickler):
     """Reads the small pickles inside one legacy-format storage blob; only storage classes may appear."""
 
-    def __init__(self, file: BinaryIO, source: str, storages: dict[str, LegacyStorage]):
-        super().__init__(file)
-        self.source, self.storages = source, storages
+    allows = "only typed storage classes may appear inside a tensor storage"
+    error = UnsafePickleError
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name in STORAGE_DTYPES:
-            return STORAGE_DTYPES[name]
-        raise UnsafePickleError(f"{self.source}: refusing to load global '{module}.{name}' inside a tensor storage")
+    def __init__(self, file: BinaryIO, source: str, storages: dict[str, LegacyStorage]):
+        super().__init__(file, source, _STORAGE_GLOBALS)
+        self.storages = storages
 
     def persistent_load(self, pid: Any) -> LegacyStorage:
         # ('storage', storage_type, key, location, numel, view_metadata)  (torch/serialization.py _legacy_save)
@@ -364,6 +351,8 @@ def safe_load(file: BinaryIO, source: str) -> Any:
         return SafeUnpickler(file, source).load()
     except OfficialImportError:
         raise
+    except restricted_pickle.UnsafePickleError as err:  # a shared numpy/container stand-in refused its arguments
+        raise UnsafePickleError(f"{source}: {err}; nothing from the file was run") from None
     except EOFError:
         raise OfficialImportError(f"{source}: the pickle ends early (truncated or incomplete download)") from None
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,

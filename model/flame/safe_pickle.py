@@ -2,9 +2,10 @@
 
 ``generic_model.pkl`` is a Python-2 pickle that stores chumpy ``Ch`` objects (shapedirs) and a
 ``scipy.sparse.csc_matrix`` (J_regressor) next to plain numpy arrays. A pickle can call any
-importable function, so we never hand the file to the stock unpickler: every global it names goes
-through an allow-list that maps it to a small, data-only stand-in written here. Nothing from chumpy
-or scipy is imported, and no callable other than these stand-ins can run.
+importable function, so we read it with the shared restricted unpickler (``model/restricted_pickle.py``):
+every global it names goes through an allow-list that maps it to a small, data-only stand-in (numpy and
+containers from the shared core, chumpy and scipy here). Nothing from chumpy or scipy is imported, and no
+callable other than these stand-ins can run.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from model.restricted_pickle import RestrictedUnpickler, UnsafePickleError, container_globals, numpy_globals
+
 
 class FlameFileError(ValueError):
     """A FLAME asset file is truncated, foreign, or not in the expected format."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle names a global (or calls one in a way) that the allow-list refuses."""
 
 
 # --- data-only stand-ins -------------------------------------------------------------------------
@@ -94,80 +93,8 @@ def _sparse_class(module: str, fmt: str) -> type[SparseMatrix]:
     return type(f"{fmt}_matrix", (SparseMatrix,), {"qualname": f"{module}.{fmt}_matrix", "fmt": fmt})
 
 
-class _NdarrayMarker:
-    """``numpy.ndarray`` may only appear as the class argument of ``_reconstruct``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise UnsafePickleError("refusing to call numpy.ndarray directly (only _reconstruct may build arrays)")
-
-
-_NDARRAY = _NdarrayMarker()
-
-
-def _reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
-    # Official numpy pickles call _reconstruct(ndarray, (0,), b'b') and then BUILD with the data.
-    if cls is not _NDARRAY:
-        raise UnsafePickleError("numpy _reconstruct may only build numpy.ndarray")
-    if not isinstance(shape, tuple) or len(shape) != 1 or shape[0] != 0:
-        raise UnsafePickleError(f"numpy _reconstruct: unexpected placeholder shape {shape!r}")
-    return np.ndarray((0,), dtype=np.uint8)
-
-
-def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
-    if not isinstance(spec, (str, bytes)) or len(spec) > 16:
-        raise UnsafePickleError(f"numpy.dtype: unexpected spec {spec!r}")
-    return np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec)
-
-
-def _scalar(dtype: Any, raw: Any = None) -> Any:
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise UnsafePickleError("numpy scalar: only plain (non-object) dtypes are allowed")
-    if isinstance(raw, str):  # Python-2 str read with encoding='latin1'
-        raw = raw.encode("latin1")
-    if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
-        raise UnsafePickleError("numpy scalar: payload does not match dtype size")
-    return np.frombuffer(raw, dtype=dtype)[0]
-
-
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    # Protocol-5 numpy pickles (numpy/core/numeric.py: _frombuffer).
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise UnsafePickleError("numpy _frombuffer: only plain (non-object) dtypes are allowed")
-    if order not in ("C", "F"):
-        raise UnsafePickleError(f"numpy _frombuffer: bad order {order!r}")
-    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy(order="K")
-
-
-def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    # Python 3 writes bytes as _codecs.encode(str, 'latin1') under protocols < 3.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise UnsafePickleError("_codecs.encode: only str -> bytes with latin1/utf-8 is allowed")
-    return text.encode(encoding)
-
-
-def _make_set(items: Any = ()) -> set:
-    if not isinstance(items, (list, tuple)):
-        raise UnsafePickleError("builtins.set: expected a list of items")
-    return set(items)
-
-
-def _make_frozenset(items: Any = ()) -> frozenset:
-    return frozenset(_make_set(items))
-
-
 def _allow_list() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {}
-    # find_class receives Python-2 names unmapped ('__builtin__'), so list both spellings.
-    for builtins_module in ("builtins", "__builtin__"):
-        allowed[(builtins_module, "set")] = _make_set
-        allowed[(builtins_module, "frozenset")] = _make_frozenset
-    allowed[("_codecs", "encode")] = _codecs_encode
-    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x module names
-        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = _scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
-    allowed[("numpy", "ndarray")] = _NDARRAY
-    allowed[("numpy", "dtype")] = _dtype
+    allowed: dict[tuple[str, str], Any] = {**container_globals(), **numpy_globals()}
     allowed[("chumpy.ch", "Ch")] = ChumpyCh
     allowed[("chumpy", "Ch")] = ChumpyCh
     # scipy moved the classes to private modules (scipy >= 1.8); old pickles name the public ones.
@@ -180,20 +107,12 @@ def _allow_list() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allow_list()
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _FlameUnpickler(RestrictedUnpickler):
+    allows = "only numpy arrays, chumpy Ch and scipy sparse matrices are read"
+
     def __init__(self, file: BinaryIO, source: str) -> None:
         # latin1: Python-2 byte strings (numpy raw data) must survive unchanged.
-        super().__init__(file, encoding="latin1")
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._source}: pickle refers to {module}.{name}, which is not on the allow-list "
-                "(only numpy arrays, chumpy Ch and scipy sparse matrices are read)"
-            ) from None
+        super().__init__(file, source, _ALLOWED, encoding="latin1")
 
     def persistent_load(self, pid: Any) -> Any:
         raise FlameFileError("persistent ids are not used by FLAME pickles")
@@ -223,7 +142,7 @@ def _restricted_load(data: bytes, source: str) -> Any:
     if not data:
         raise FlameFileError(f"{source}: file is empty")
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
+        obj = _FlameUnpickler(io.BytesIO(data), source).load()
     except UnsafePickleError as err:
         msg = str(err)
         raise UnsafePickleError(msg if msg.startswith(source) else f"{source}: {msg}") from None

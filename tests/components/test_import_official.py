@@ -9,6 +9,7 @@ import pickle
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -26,7 +27,7 @@ from components.import_official import (
     stand_in_module_src,
     write_mimic_official_pickle,
 )
-from components.import_official.safe_pickle import LegacyStorage, SafeUnpickler, _rebuild_tensor_v2
+from components.import_official.safe_pickle import LegacyStorage, SafeUnpickler, _rebuild_tensor_v2, safe_load
 
 # Tiny stand-ins for model/official_keys: same file format, same candidate names.
 TINY_LISTS = {
@@ -388,3 +389,39 @@ def test_qualified_class_name_is_stored_bare_with_a_stand_in_source(tmp_path):
     info = read_official_pickle(write_mimic_official_pickle(tmp_path / "g.pkl", {"G_ema": rec}))
     assert info.networks["G_ema"].class_name == "PartTriPlaneGeneratorDeform"
     assert info.networks["G_ema"].init_kwargs == {"p4d_config": {"tiny": True}}
+
+
+# --- the restricted unpickler core shared with the FLAME loader ---------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_flame_loader_and_importer_refuse_a_forbidden_global_the_same_way(tmp_path, protocol):
+    from model.flame import load_flame_pickle
+    from model.restricted_pickle import UnsafePickleError as RefusedGlobal
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    payload = {"v_template": np.zeros((2, 3)), "x": _Reduce(os.system, (f"touch {marker}",))}
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    name = f"{os.system.__module__}.system"
+    for read in (load_flame_pickle, read_official_pickle):
+        with pytest.raises(RefusedGlobal) as info:
+            read(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: refusing to load global '{name}': ") and message.endswith(
+            "nothing from the file was run"), read.__name__
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_importer_reads_numpy_arrays_scalars_and_sets_through_the_shared_stand_ins(protocol):
+    import io
+
+    value = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "f": np.asfortranarray(np.eye(3)),
+             "s": np.float32(2.5), "ids": {1, 2}}
+    got = SafeUnpickler(io.BytesIO(pickle.dumps(value, protocol=protocol)), "mem").load()
+    assert got["a"].dtype == np.float32 and np.array_equal(got["a"], value["a"])
+    assert np.array_equal(got["f"], np.eye(3)) and got["s"] == np.float32(2.5) and got["ids"] == {1, 2}
+    crafted = b"\x80\x02cnumpy\nndarray\nK\x03\x85R."  # ndarray(3) called directly: only _reconstruct may build one
+    with pytest.raises(UnsafePickleError, match="only _reconstruct may build arrays"):
+        safe_load(io.BytesIO(crafted), "crafted.pkl")
