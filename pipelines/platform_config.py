@@ -1,4 +1,4 @@
-"""Resolve the cluster section of the typed config (``P4DConfig.platform``, defined in components/platform.py)."""
+"""Resolve the cluster section of the typed config (``P4DConfig.platform``, defined in components/config/platform.py)."""
 
 from __future__ import annotations
 

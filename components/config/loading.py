@@ -41,7 +41,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = P4DCo
     for e in err.errors():
         loc = tuple(e["loc"])
         where = ".".join(str(p) for p in loc) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if not loc:  # a rule across sections (a model validator): its message names the keys, the input is all
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             allowed = _allowed(model, loc[:-1])
             lines.append(f"{where}: unknown key (allowed here: {', '.join(allowed) or 'none'})")
         else:

@@ -36,7 +36,8 @@ def _tiny_networks() -> dict[str, Any]:
     return {
         "genhead": GenHeadConfig.tiny().model_dump(),
         "psi3d": PsiConfig.tiny(static=True, motion_dim=motion_dim).model_dump(),
-        "psi": PsiConfig.tiny(motion_dim=motion_dim).model_dump(),
+        # Ψ renders at the resolution it trains at (``psi.neural_resolution`` below; P4DConfig checks they agree)
+        "psi": PsiConfig.tiny(motion_dim=motion_dim, neural_rendering_resolution=32).model_dump(),
         "discriminator": DiscriminatorConfig.tiny().model_copy(update={"img_resolution": 64}).model_dump(),
         "pdfgc": PDFGCConfig.tiny().model_dump(),
         "arcface": ArcFaceConfig.tiny().model_dump(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from components.config.animate import AnimateConfig
 from components.config.base import Strict
@@ -60,3 +60,20 @@ class P4DConfig(Strict):
     animate: AnimateConfig = AnimateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _one_neural_resolution(self) -> "P4DConfig":
+        """The schedules say at which neural rendering resolution Ψ_3d and Ψ train; the network configs carry
+        the resolution their weights render at when served (``render_frame``'s default, recorded in every
+        model file). They must agree, or a served Ψ renders at another resolution than it was trained at."""
+        pairs = (
+            ("psi.neural_resolution", self.psi.neural_resolution,
+             "networks.psi.neural_rendering_resolution", self.networks.psi.neural_rendering_resolution),
+            ("psi3d.neural_resolution_initial", self.psi3d.neural_resolution_initial,
+             "networks.psi3d.neural_rendering_resolution", self.networks.psi3d.neural_rendering_resolution),
+        )
+        for train_key, trained, net_key, served in pairs:
+            if trained != served:
+                raise ValueError(f"{train_key} ({trained}) and {net_key} ({served}) must be equal: Ψ is served "
+                                 f"at the resolution it was trained at; set both")
+        return self

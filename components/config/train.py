@@ -62,16 +62,26 @@ class PsiSchedule(Strict):
 
 
 class LossWeights(Strict):
-    """Loss terms shared by Ψ_3d and Ψ (DESIGN §3)."""
+    """Every loss weight of Ψ_3d and Ψ (DESIGN §3, official loss_recon_v1.py / loss_recon_v2.py). When a term
+    is on (its schedule, its interval) lives in ``psi3d`` / ``psi`` / ``train``; how much it counts lives here."""
 
     l1: float = Field(1.0, ge=0)
     lpips: float = Field(1.0, ge=0)
     identity: float = Field(1.0, ge=0, description="ArcFace-r18 identity loss")
     adversarial: float = Field(0.01, ge=0, description="softplus adversarial loss weight")
-    r1_gamma: float = Field(1.0, ge=0, description="R1 regularisation strength")
+    r1_gamma: float = Field(1.0, ge=0, description="R1 regularisation strength on the image inputs")
+    r1_gamma_uv: float = Field(10.0, ge=0, description="R1 strength on the correspondence-map input (gamma_uv)")
+    r1_gamma_seg: float = Field(1.0, ge=0, description="R1 strength on the segmentation input (official gamma_seg)")
+    segmentation: float = Field(0.3, ge=0, description="L1 between rendered and target segmentation (official x0.3)")
     depth: float = Field(1.0, ge=0, description="early depth term (Ψ_3d, first 1M images)")
     # official loss_recon_v1.py: loss_recon_triplane * 0.1
     triplane: float = Field(0.1, ge=0, description="early triplane-feature term L_T (Ψ_3d, first 1M images)")
+    density_reg: float = Field(
+        0.25, ge=0, description="Ψ_3d: density TV regularisation weight (official density_reg, reg_type l1)"
+    )
+    cross_view: float = Field(
+        1.0, ge=0, description="Ψ: LPIPS against frozen Ψ_3d at a random camera (official G_fix_img density_reg)"
+    )
 
 
 class DeepSpeedSection(Strict):
@@ -100,22 +110,13 @@ class TrainConfig(Strict):
     )
     # --- discriminator ----------------------------------------------------------------------------------
     r1_every: int = Field(16, gt=0, description="R1 on every N-th D step with gain N (official D_reg_interval)")
-    r1_gamma_uv: float = Field(10.0, ge=0, description="R1 strength on the correspondence-map input (gamma_uv)")
-    r1_gamma_seg: float = Field(1.0, ge=0, description="R1 strength on the segmentation input (official gamma_seg)")
-    # --- extra terms of the official reconstruction loss -----------------------------------------------
-    seg_weight: float = Field(0.3, ge=0, description="L1 between rendered and target segmentation (official x0.3)")
+    # --- when the extra terms of the official reconstruction loss run (their weights: ``losses``) -------
     identity_start_images: int = Field(
         400_000, ge=0, description="Ψ_3d: identity loss off before this many images (official 400k)"
-    )
-    density_reg: float = Field(
-        0.25, ge=0, description="Ψ_3d: density TV regularisation weight (official density_reg, reg_type l1)"
     )
     density_reg_every: int = Field(16, gt=0, description="Ψ_3d: density regularisation on every N-th G step, gain N")
     density_reg_points: int = Field(1000, gt=0, description="Ψ_3d: random points (and as many perturbed) per sample")
     density_reg_p_dist: float = Field(0.004, ge=0, description="Ψ_3d: perturbation std, in units of box_warp")
-    cross_view_weight: float = Field(
-        1.0, ge=0, description="Ψ: LPIPS against frozen Ψ_3d at a random camera (official G_fix_img density_reg)"
-    )
     cross_view_every: int = Field(4, gt=0, description="Ψ: cross-view term on every N-th G step, gain N")
     cross_view_eye_rescale: bool = Field(
         True, description="Ψ: shrink Ψ_3d's box with the eye opening, as official g_fix_reg_img_aug"

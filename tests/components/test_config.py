@@ -94,3 +94,33 @@ def test_config_cli_reports_bad_params_in_one_line(tmp_path, capsys):
     assert main(["config", "show", "--params", str(p)]) == 2
     err = capsys.readouterr().err
     assert "psi.batch" in err and "'zero'" in err and "Traceback" not in err
+
+
+def test_every_loss_weight_lives_in_losses_with_the_official_values():
+    cfg = build_config("paper")
+    w = cfg.losses
+    assert (w.segmentation, w.density_reg, w.cross_view) == (0.3, 0.25, 1.0)
+    assert (w.r1_gamma, w.r1_gamma_uv, w.r1_gamma_seg) == (1.0, 10.0, 1.0)
+    # the train section keeps when the terms run, never how much they count
+    assert not {"seg_weight", "density_reg", "cross_view_weight", "r1_gamma_uv", "r1_gamma_seg"} & set(cfg.train.model_dump())
+    assert cfg.train.density_reg_every == 16 and cfg.train.cross_view_every == 4
+    with pytest.raises(ConfigError, match=r"train.seg_weight: unknown key \(allowed here: .*density_reg_every"):
+        build_config("tiny", {"train": {"seg_weight": 0.5}})
+
+
+@pytest.mark.parametrize("profile", ["tiny", "paper"])
+def test_psi_is_served_at_the_neural_resolution_it_trains_at(profile):
+    cfg = build_config(profile)
+    assert cfg.networks.psi.neural_rendering_resolution == cfg.psi.neural_resolution
+    assert cfg.networks.psi3d.neural_rendering_resolution == cfg.psi3d.neural_resolution_initial
+
+
+def test_a_neural_resolution_mismatch_is_refused_naming_both_keys():
+    with pytest.raises(ConfigError) as info:
+        build_config("paper", {"psi": {"neural_resolution": 64}})
+    message = str(info.value)
+    assert "psi.neural_resolution (64)" in message
+    assert "networks.psi.neural_rendering_resolution (128)" in message
+    # setting both moves the resolution consistently
+    both = build_config("paper", {"psi": {"neural_resolution": 64}, "networks": {"psi": {"neural_rendering_resolution": 64}}})
+    assert both.psi.neural_resolution == both.networks.psi.neural_rendering_resolution == 64
