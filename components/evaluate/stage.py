@@ -41,6 +41,7 @@ from components.evaluate.report import (
     write_per_item,
 )
 from components.io.tracking import TrackingRun, lineage_tags
+from components.assets.policy import refuse_synthetic_outside_tiny
 
 log = logging.getLogger(__name__)
 METRICS_FILE, GATE_FILE, PER_ITEM_FILE, README_FILE = "metrics.json", "gate.json", "per_item.parquet", "README.md"
@@ -191,6 +192,7 @@ def _evaluate(cfg, psi: str | Path, data: str | Path, assets: str | Path, out: s
     started = time.perf_counter()
     ev: EvaluateConfig = cfg.evaluate
     data, assets, out, model = Path(data), Path(assets), Path(out), str(psi)
+    refuse_synthetic_outside_tiny(assets, cfg.profile)  # before any work: its metrics gate the registry
     held_out = read_held_out(data, ev.frames_per_clip)
     if train_data is not None:
         check_leakage(data, train_data)

@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import PROFILES
 from components.config import resolve_config as shared_resolve_config
 from components.config.fit_flame import FitFlameConfig
+from components.assets.policy import refuse_synthetic_outside_tiny
 from components.device import add_device_argument
 
 
@@ -44,8 +45,9 @@ def resolve_config(profile: str | None, params: Path | None) -> FitFlameConfig:
 def _handle(args: argparse.Namespace) -> int:
     from components.fit_flame.stage import run  # heavy imports (torch, av) only when the command runs
 
-    cfg = resolve_config(args.profile, args.params)
-    result = run(cfg, args.input, args.assets, args.out, args.video, args.device, args.batch,
+    full = shared_resolve_config(args.profile, args.params)
+    refuse_synthetic_outside_tiny(args.assets, full.profile)  # run() sees only the fit_flame section
+    result = run(full.fit_flame, args.input, args.assets, args.out, args.video, args.device, args.batch,
                  progress=not args.no_progress, workers=args.workers)  # fmt: skip
     sys.stdout.write(
         f"fit-flame: {result.n_ok} ok, {result.n_failed} failed of {result.n_items} items "

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from components.assets.check import AssetError, BundleInfo, read_bundle_info, require_assets
+from components.assets.check import AssetError, BundleInfo, require_assets
+from components.assets.policy import refuse_synthetic_outside_tiny
 from components.config import P4DConfig
 from components.errors import P4DError
 from components.io.storage import Store, open_store
@@ -53,12 +54,7 @@ def check_assets(asset_dir: str | Path, profile: str) -> BundleInfo:
     asset_dir = Path(asset_dir)
     if not asset_dir.is_dir():
         raise AssetError(f"asset directory {asset_dir} does not exist; see `p4d assets check --help`")
-    bundle = read_bundle_info(asset_dir)
-    if bundle.synthetic and profile != "tiny":
-        raise AssetError(
-            f"{asset_dir} is a synthetic bundle (random GenHead weights) but the profile is {profile!r}; "
-            "place the released genhead-ffhq512.pkl and FLAME 2020 there (`p4d assets check`) or use --profile tiny"
-        )
+    refuse_synthetic_outside_tiny(asset_dir, profile)
     return require_assets(asset_dir, REQUIRED_ASSETS)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.assets.check import AssetError, read_bundle_info, require_assets
+from components.assets.check import AssetError, require_assets
+from components.assets.policy import refuse_synthetic_outside_tiny
 from components.train.engine import DistInfo, init_distributed
 
 SAMPLE_CAMERA_SEED = 20240101  # the grid's novel views are the same cameras at every interval
@@ -19,10 +20,7 @@ def prepare(cfg, assets: str | Path, required: list[str], device: str) -> DistIn
     asset_dir = Path(assets)
     if not asset_dir.is_dir():
         raise AssetError(f"asset directory {asset_dir} does not exist; see `p4d assets check --help`")
-    bundle = read_bundle_info(asset_dir)
-    if bundle.synthetic and cfg.profile != "tiny":
-        raise AssetError(f"{asset_dir} is a synthetic bundle (random weights) but the profile is {cfg.profile!r}; "
-                         "place the real assets there (`p4d assets check`) or use the tiny profile")
+    refuse_synthetic_outside_tiny(asset_dir, cfg.profile)
     require_assets(asset_dir, required)
     return init_distributed(device)
 
