@@ -174,3 +174,14 @@ def crop_for_identity(images: torch.Tensor, landmarks: torch.Tensor, y_up: bool 
     _check_images(images, landmarks)
     matrix = identity_crop_matrix(landmarks, images.shape[-2], y_up=y_up)
     return _warp(images, matrix, IDENTITY_CROP_SIZE).clamp(-1.0, 1.0)
+
+
+def to_network_image(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 aligned crops -> (N, 3, size, size) float in [-1, 1], resized bilinearly with antialias.
+
+    The one resize that Ψ's training data (components/train/data.py) and inference (components/animate/engine.py)
+    share: if the two differed, a served Ψ would see other pixels than it was trained on."""
+    t = crops.permute(0, 3, 1, 2).float() / 127.5 - 1
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t

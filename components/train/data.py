@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from components.errors import P4DError
 from model.cameras import LABEL_DIM
+from model.face_align import to_network_image
 
 
 class TrainingDataError(P4DError):
@@ -259,11 +259,7 @@ class ClipPairStream:
                 array = np.asarray(im.convert("RGB"))
         except OSError as err:
             raise TrainingDataError(f"{path}: unreadable crop ({err})") from None
-        t = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1
-        if t.shape[-1] != self.resolution or t.shape[-2] != self.resolution:
-            t = F.interpolate(t[None], size=(self.resolution, self.resolution), mode="bilinear",
-                              align_corners=False, antialias=True)[0]
-        return t
+        return to_network_image(torch.from_numpy(array.copy())[None], self.resolution)[0]  # inference's resize too
 
     def __next__(self) -> PsiBatch:
         g = np.random.default_rng(_seed(self.seed, self.rank, self.world_size, self.position))
