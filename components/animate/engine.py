@@ -28,14 +28,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from components.animate.config import AnimateConfig
+from components.config.animate import AnimateConfig
 from components.animate.model_files import ModelLoadError, PsiWeights, check_state, resolve_weights, write_package
 from components.animate.smoothing import one_euro, smooth_labels
 from components.errors import P4DError
-from components.fit_flame.config import FitFlameConfig
+from components.config.fit_flame import FitFlameConfig
 from components.fit_flame.manifest import ItemFailure
+from components.device import pick_device
+from model.face_align import to_network_image as network_image
 from model.cameras import (
     LABEL_DIM,
     CameraDistribution,
@@ -89,8 +90,7 @@ class Motion:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)  # `auto` means the same in every command (components/device.py)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise AnimateError(f"--device {device}: no CUDA device is visible here; use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
@@ -99,11 +99,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def to_network_image(crops: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, size, size) in [-1, 1], resized as the Ψ training data is (bilinear, antialias)."""
-    t = torch.from_numpy(np.array(crops, dtype=np.uint8, copy=True)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    if t.shape[-1] != size or t.shape[-2] != size:
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return t
+    """(N, H, W, 3) uint8 -> (N, 3, size, size) in [-1, 1] on ``device``: the resize the Ψ training data uses."""
+    return network_image(torch.from_numpy(np.array(crops, dtype=np.uint8, copy=True)).to(device), size)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -256,7 +253,7 @@ class Animator:
     @property
     def landmarker(self):
         if self._landmarker is None:
-            from components.fit_flame.landmarks import FaceLandmarker
+            from components.landmarks import FaceLandmarker
 
             c = self.fit_cfg
             self._landmarker = FaceLandmarker(c.detect_max_side, c.min_detection_confidence, c.mesh_input_px)
@@ -501,7 +498,7 @@ class Animator:
         b = len(motion)
         dev = self.device
         label_t = torch.from_numpy(labels).float().to(dev)
-        cond = self.conditioner(label_t, camera=torch.from_numpy(cameras).float().to(dev))
+        cond = self.conditioner(label_t, camera=torch.from_numpy(cameras).float().to(dev), images=False)
         with self._autocast():
             result = self.psi.render_frame(self._expand(source.features, b), torch.from_numpy(motion).float().to(dev),
                                            cond.c_render, self.neural_rendering_resolution, cond.deform_fn)

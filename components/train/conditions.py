@@ -31,8 +31,8 @@ class LabelConditions:
     c_compose: torch.Tensor  # (B, 25) the label's camera: discriminator condition
     c_render: torch.Tensor  # (B, 25) camera after the neck rotation is split off
     deform_fn: HeadDeformation | None  # neck rotation field; None = identity
-    uv: torch.Tensor  # (B, 3, h, h) correspondence map
-    landmarks: torch.Tensor  # (B, 70, 2) pixels of the full image, +y down
+    uv: torch.Tensor | None  # (B, 3, h, h) correspondence map; None when asked for the renderer's part only
+    landmarks: torch.Tensor | None  # (B, 70, 2) pixels of the full image, +y down; None as uv
     vertices: torch.Tensor  # (B, V, 3) posed FLAME vertices (camera-independent, like deform_fn)
 
 
@@ -82,7 +82,8 @@ class FlameConditioner:
 
     @torch.no_grad()
     def __call__(self, label: torch.Tensor, shape: torch.Tensor | None = None, neck: bool = True,
-                 camera: torch.Tensor | None = None, same_head: LabelConditions | None = None) -> LabelConditions:
+                 camera: torch.Tensor | None = None, same_head: LabelConditions | None = None,
+                 images: bool = True) -> LabelConditions:
         """Conditions of (B, 437) labels; ``shape`` (B, 300) replaces the label's shape (Ψ: the source identity).
 
         ``camera`` (B, 25): render from this camera as is (the official random-view renders) instead
@@ -91,6 +92,9 @@ class FlameConditioner:
         ``same_head``: conditions computed earlier for the same label, shape and ``neck``; its mesh and neck
         field (which do not depend on the camera) are reused, so only the camera-dependent parts are redone
         (the neck field's nearest-triangle tabulation is the costly part of a conditioner call).
+        ``images=False``: only what the renderer reads (cameras, neck field, vertices); the correspondence
+        map (a rasterization of the mesh) and the landmarks stay None. Inference asks for this: per driving
+        frame they cost time and nothing reads them.
         """
         p = flame_params(label.float())
         if shape is not None:
@@ -120,8 +124,9 @@ class FlameConditioner:
             c_compose=c,
             c_render=c_render,
             deform_fn=deformation,
-            uv=render_correspondence(self.head, vertices, c_render, self.uv_resolution).image,
-            landmarks=with_eye_centres(project_landmarks(self.head, vertices, c_render, self.image_resolution)),
+            uv=render_correspondence(self.head, vertices, c_render, self.uv_resolution).image if images else None,
+            landmarks=(with_eye_centres(project_landmarks(self.head, vertices, c_render, self.image_resolution))
+                       if images else None),
             vertices=vertices,
         )
 
