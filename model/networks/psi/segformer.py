@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Scale = float | torch.Tensor  # python float, or (B, 1, 1) per-sample factor
 FUSED_MAX_HEAD_DIM = 256  # widest attention head sent to F.scaled_dot_product_attention on CUDA
@@ -57,7 +58,13 @@ class _QKVAttention(nn.Module):
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
         k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        if q.is_cuda and q.shape[-1] > FUSED_MAX_HEAD_DIM:
+        if q.is_cuda and q.shape[-1] > FUSED_MAX_HEAD_DIM and not torch.is_grad_enabled():
+            # Inference: the memory-efficient kernel takes 512-wide heads and keeps logits and softmax in fp32
+            # registers. The explicit fp32 logits below ran as a SIMT sgemm (no tensor cores with TF32 off):
+            # 22 ms of a 155 ms bf16 batch-8 frame on an H200 (docs/benchmarks.md).
+            with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+                out = F.scaled_dot_product_attention(q, k, v)
+        elif q.is_cuda and q.shape[-1] > FUSED_MAX_HEAD_DIM:
             # Ψ's 512-wide heads: the fused kernels either refuse them (flash, cuDNN) or, for the memory-efficient
             # one, took 87 ms per backward on an H200; explicit matmuls (the official formulation) are plain GEMMs.
             # Logits and softmax in fp32 (as the fused kernels accumulate), the weighted sum in v's dtype.

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from model.compiled import on_cuda
+
 Pair = int | Sequence[int]
 
 
@@ -77,12 +79,22 @@ def setup_filter(
     return f if device is None else f.to(device)
 
 
-def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int) -> torch.Tensor:
+def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int,
+                    out_dtype: torch.dtype) -> torch.Tensor:
     """Valid correlation of u (N,C,H,W) with the 2-D kernel g (kh,kw), keeping every down-th output.
 
-    One strided multiply-add per tap (16 for the usual 4x4 filter): memory-bound elementwise work.
+    Accumulates in fp32 whatever u's dtype (the official CUDA op does too) and returns ``out_dtype``; the
+    casts sit inside the compiled kernel, so a bf16 input is never copied to fp32 in memory.
+
+    One strided multiply-add per tap (16 for the usual 4x4 filter): memory-bound elementwise work, which
+    on CUDA is compiled into one fused kernel (model.compiled; measured in docs/benchmarks.md).
     The filter's taps stay on the device (0-dim tensors), so nothing waits for the GPU.
     """
+    return on_cuda(_taps, u)(u, g, down_y, down_x, out_dtype)
+
+
+def _taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int, out_dtype: torch.dtype) -> torch.Tensor:
+    u = u.to(torch.promote_types(u.dtype, torch.float32))
     kh, kw = g.shape
     h_out = (u.shape[2] - kh) // down_y + 1
     w_out = (u.shape[3] - kw) // down_x + 1
@@ -93,7 +105,7 @@ def _correlate_taps(u: torch.Tensor, g: torch.Tensor, down_y: int, down_x: int) 
         for j in range(kw):
             tap = u[:, :, i: i + (h_out - 1) * down_y + 1: down_y, j: j + (w_out - 1) * down_x + 1: down_x]
             out = tap * g[i, j] if out is None else out.addcmul_(tap, g[i, j])
-    return out
+    return out.to(out_dtype)
 
 
 def _phases(n: int, up: int, p0: int, p1: int, taps: int) -> tuple[int, list[tuple[int, int, int, int]], int, int]:
@@ -131,7 +143,8 @@ def _upsample_polyphase(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, pa
             if count_y and count_x and taps_y and taps_x:  # else the phase reads only inserted zeros
                 rows = slice(lo_y + oy, lo_y + oy + taps_y + count_y - 1)
                 cols = slice(lo_x + ox, lo_x + ox + taps_x + count_x - 1)
-                out[:, :, ry::upy, rx::upx] = _correlate_taps(xp[:, :, rows, cols], g[ky::upy, kx::upx], 1, 1)
+                out[:, :, ry::upy, rx::upx] = _correlate_taps(xp[:, :, rows, cols], g[ky::upy, kx::upx], 1, 1,
+                                                              x.dtype)
     return out
 
 
@@ -143,14 +156,12 @@ def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     px0, px1, py0, py1 = pad
     n, c, h, w = x.shape
     out_dtype = x.dtype
-    # Half-precision inputs are filtered in fp32 (the official CUDA op accumulates in fp32 too).
-    x = x.float() if out_dtype in (torch.float16, torch.bfloat16) else x
-
+    # Half-precision inputs are filtered in fp32 (in _correlate_taps; zero insertion and padding are exact).
     # Convolution = correlation with the flipped filter (flip_filter=True: correlate with f as is).
-    g = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    g = (f * (gain ** (f.ndim / 2))).to(torch.promote_types(x.dtype, torch.float32))
     g = g if flip_filter else g.flip(list(range(g.ndim)))
     if (upx > 1 or upy > 1) and downx == downy == 1:
-        return _upsample_polyphase(x, g if g.ndim == 2 else torch.outer(g, g), upx, upy, pad).to(out_dtype)
+        return _upsample_polyphase(x, g if g.ndim == 2 else torch.outer(g, g), upx, upy, pad)
 
     # 1. zero insertion: each pixel becomes a (upy, upx) cell with the pixel at its top-left.
     if upx > 1 or upy > 1:
@@ -164,11 +175,9 @@ def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     # kernels that took 85 ms for one 512x512x512 filtering on an H200 (45% of a Ψ training step), and its
     # grouped (groups=C) convs were slower still.
     if g.ndim == 2:
-        x = _correlate_taps(x, g, downy, downx)
-    else:
-        x = _correlate_taps(x, g[None, :], 1, downx)
-        x = _correlate_taps(x, g[:, None], downy, 1)
-    return x.to(out_dtype)
+        return _correlate_taps(x, g, downy, downx, out_dtype)
+    x = _correlate_taps(x, g[None, :], 1, downx, g.dtype)  # the intermediate stays in fp32
+    return _correlate_taps(x, g[:, None], downy, 1, out_dtype)
 
 
 class _UpFirDn2d(torch.autograd.Function):

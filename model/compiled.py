@@ -1,0 +1,40 @@
+"""torch.compile for the few hot, memory-bound op chains of the networks, on CUDA only, in one place.
+
+Eager PyTorch runs a chain of elementwise steps as one kernel per step, each reading and writing the whole
+tensor; inductor fuses such a chain into one kernel. Measured on an H200 (docs/benchmarks.md): the
+16-tap FIR filter of the super-resolution upsampling (16 strided multiply-adds over a (1, 1024, 512, 512)
+fp32 tensor at batch 8) is the largest item of a Ψ frame when eager.
+
+The CPU path is never compiled (tests and the tiny profile stay eager and deterministic). Set
+``P4D_EAGER=1`` to keep CUDA eager as well (debugging, or comparing against the compiled path). The first
+call compiles (seconds) with symbolic sizes and strides (``dynamic=True``), so one graph serves every
+batch size, resolution and strided view: with static shapes a network calls the FIR filter with so many
+shapes that torch's recompile limit (8 per function) was reached and it silently fell back to eager
+(seen on the H200: the fused kernel never ran at batch 8).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable)
+EAGER_ENV = "P4D_EAGER"
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def eager_only() -> bool:
+    """True when the user asked for eager CUDA (``P4D_EAGER=1``)."""
+    return os.environ.get(EAGER_ENV) == "1"
+
+
+def on_cuda(fn: F, like: torch.Tensor) -> F:
+    """``fn`` compiled when ``like`` lives on a CUDA device (and P4D_EAGER is not set), else ``fn`` itself."""
+    if not like.is_cuda or eager_only():
+        return fn
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return compiled  # type: ignore[return-value]
