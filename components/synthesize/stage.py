@@ -23,6 +23,7 @@ from components.assets.check import AssetError, BundleInfo, require_assets
 from components.assets.policy import refuse_synthetic_outside_tiny
 from components.config import P4DConfig
 from components.errors import P4DError
+from components.io.run_config import RUN_CONFIG_FILE, resume_refusal, run_config_text
 from components.io.storage import Store, open_store
 from components.synthesize.conditions import LabelPool, derive_seed, draw_identity, load_label_pool
 from components.config.synthesize import SynthesizeConfig
@@ -130,10 +131,8 @@ def _check_resumable(existing: dict, fp: dict, store: Store) -> None:
     if existing.get("format") != INDEX_FORMAT:
         raise SynthesisError(f"{store.url(INDEX_FILE)} is not a synthesize index (format {existing.get('format')!r})")
     if existing.get("fingerprint") != fp:
-        old = existing.get("fingerprint", {})
-        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
-        raise SynthesisError(f"{store.uri} holds a synthesis run with different settings ({', '.join(diff)}); "
-                             "resume with the same settings, or write to a new --out")
+        raise SynthesisError(resume_refusal(store.uri, existing.get("fingerprint", {}), fp,
+                                            "resume with the same settings, or write to a new --out"))
 
 
 def _index(fp: dict, synth: SynthesizeConfig, pool: LabelPool, entries: dict[int, dict], n_shards: int) -> dict:
@@ -221,6 +220,8 @@ def run(
         _check_resumable(existing, fp, store)
         present = set(store.list(SHARD_DIR + "/"))
         done = {e["index"]: e for e in existing["shards"] if e["name"] in present}
+    # the run's resolved config, with the settings it renders by (``synth`` may replace cfg.synthesize)
+    store.put_bytes(RUN_CONFIG_FILE, run_config_text(cfg.model_copy(update={"synthesize": synth})).encode())
 
     start, written, images, bytes_written = time.perf_counter(), 0, 0, 0
     done_views = sum(e["views"] for e in done.values())

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from components.assets.check import AssetError
-from components.config import build_config
+from components.config import build_config, load_params
 from components.synthesize import (
     LabelPool,
     OnlineSynthesizer,
@@ -27,6 +27,7 @@ from components.synthesize import (
 from components.synthesize.conditions import LabelError
 from components.synthesize.sampler import GenHeadSampler
 from components.synthesize.stage import SynthesisError
+from components.io.run_config import RUN_CONFIG_FILE
 from components.io.storage import open_store
 from model.cameras import CameraDistribution, LabelLayout, cam2world_angles, sample_cameras, split_camera_label
 from model.deformation import DeformationConfig
@@ -295,8 +296,11 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(tmp_path, labels_dir
     assert sorted(ids) == [0, 1, 2, 3, 4]
     # A finished run is a no-op; other settings are refused instead of mixing datasets.
     assert run(CFG, [labels_dir], str(out), synth=SMALL, models=models, progress=False).shards_written == 0
-    with pytest.raises(SynthesisError, match=r"different settings \(synthesize\)"):
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SynthesisError, match=rf"resume refused: these settings differ from the run in {out}: "
+                                             rf"synthesize\.seed \({SMALL.seed} -> 3\); resume with the same settings"):
         run(CFG, [labels_dir], str(out), synth=SMALL.model_copy(update={"seed": 3}), models=models, progress=False)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing overwritten
 
 
 def _identities(dataset, workers: int) -> list[int]:
@@ -335,7 +339,8 @@ def test_s3_round_trip_against_moto(tmp_path, labels_dir, models, s3_server, mon
     run(CFG, [labels_dir], uri, synth=SMALL, models=models, progress=False)
     run(CFG, [labels_dir], str(tmp_path), synth=SMALL, models=models, progress=False)
     s3 = open_store(uri)
-    assert s3.list() == ["index.json", "shards/shard-000000.tar", "shards/shard-000001.tar", "shards/shard-000002.tar"]
+    assert s3.list() == ["config.yaml", "index.json", "shards/shard-000000.tar", "shards/shard-000001.tar",
+                         "shards/shard-000002.tar"]
     assert {k.split("/")[-1]: s3.get_bytes(k) for k in s3.list("shards/")} == shard_bytes(tmp_path)
     remote = {i["identity"]: i for i in ShardDataset(uri, verify=True)}
     local = {i["identity"]: i for i in ShardDataset(str(tmp_path))}
@@ -392,3 +397,6 @@ def test_cli_renders_from_a_synthetic_tiny_bundle(tmp_path, labels_dir, capsys):
     assert "images/s" in printed and "label rows: 24 used of 24" in printed
     index = read_index(open_store(tmp_path / "out"))
     assert index["complete"] and index["fingerprint"]["synthesize"]["seed"] == 4
+    # the run folder holds the resolved config of the run, command-line flags included
+    used = build_config("tiny", {"synthesize": {"identities": 3, "views": 2, "shard_size": 2, "seed": 4}})
+    assert load_params(tmp_path / "out" / RUN_CONFIG_FILE) == used
