@@ -48,7 +48,7 @@ def _handle(args: argparse.Namespace) -> int:
     full = shared_resolve_config(args.profile, args.params)
     refuse_synthetic_outside_tiny(args.assets, full.profile)  # run() sees only the fit_flame section
     result = run(full.fit_flame, args.input, args.assets, args.out, args.video, args.device, args.batch,
-                 progress=not args.no_progress, workers=args.workers)  # fmt: skip
+                 progress=not args.no_progress, workers=args.workers, run_config=full)  # fmt: skip
     sys.stdout.write(
         f"fit-flame: {result.n_ok} ok, {result.n_failed} failed of {result.n_items} items "
         f"({result.n_reused_inputs} inputs reused); manifest: {result.manifest_path}\n"

@@ -8,6 +8,7 @@ Outputs under ``out_dir`` (all written atomically):
 - ``manifest.parquet``: one row per input item (see manifest.py); row k of the arrays is the
   item whose ``label_row`` is k;
 - ``summary.json``: counts, config, asset fingerprint, and whether the assets were synthetic;
+- ``config.yaml``: the run's whole resolved config, when the caller passes it (the CLI does);
 - ``items/``: the per-input resume cache.
 """
 
@@ -37,7 +38,9 @@ from components.fit_flame.motion import encode_motion
 from components.fit_flame.pool import prepared_inputs
 from components.fit_flame.prepare import PENDING_DIR, PrepareContext, PreparedFace, PreparedInput
 from components.fit_flame.units import UnitResult, save_unit
+from components.config import P4DConfig
 from components.io.atomic import atomic_path, atomic_write_text
+from components.io.run_config import write_run_config
 from model.cameras import LABEL_DIM
 
 log = logging.getLogger(__name__)
@@ -274,10 +277,12 @@ def run(
     batch: int = 16,
     progress: bool = True,
     workers: int = 0,
+    run_config: P4DConfig | None = None,
 ) -> FitFlameResult:
     """Fit every image (or clip, with ``video``) under ``input_path``; see the module docstring.
 
     ``workers`` > 0 prepares inputs (decode, landmarks, crops) in that many CPU processes.
+    ``run_config``, the whole resolved config (``config`` is its fit_flame section), is saved as ``config.yaml``.
     Raises ``FailureRatioExceeded`` (after writing every output) when the failed share of items
     is above ``config.max_failure_ratio``.
     """
@@ -305,6 +310,8 @@ def run(
         stage.flush()
     shutil.rmtree(pending, ignore_errors=True)
     result = stage.assemble(ids)
+    if run_config is not None:
+        write_run_config(out_dir, run_config)
     if result.failure_ratio > config.max_failure_ratio:
         top = "; ".join(f"{n}x {reason}" for reason, n in list(result.reasons.items())[:3])
         raise FailureRatioExceeded(

@@ -25,7 +25,7 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 
 from components.assets.manifest import spec  # noqa: E402
-from components.config import build_config  # noqa: E402
+from components.config import build_config, load_params  # noqa: E402
 from components.fit_flame import FitFlameConfig  # noqa: E402
 from components.fit_flame.alignment import (  # noqa: E402
     POS_REFERENCE_3D,
@@ -480,6 +480,7 @@ def test_failure_ratio_exits_non_zero_with_counts(tmp_path, bundle, astronaut, c
     assert "4 of 5 items failed" in err and "no face detected" in err
     assert len(pq.read_table(out / "manifest.parquet")) == 5  # written before failing
     assert not (out / "motion.npy").exists()  # no PD-FGC asset -> no motion features
+    assert load_params(out / "config.yaml") == build_config("tiny")  # the run's resolved config, kept with it
 
 
 def test_crash_leaves_no_partial_outputs_and_resume_finishes(tmp_path, bundle, astronaut, monkeypatch):
