@@ -8,9 +8,10 @@ fp32 tensor at batch 8) is the largest item of a Ψ frame when eager.
 The CPU path is never compiled (tests and the tiny profile stay eager and deterministic). Set
 ``P4D_EAGER=1`` to keep CUDA eager as well (debugging, or comparing against the compiled path). The first
 call compiles (seconds) with symbolic sizes and strides (``dynamic=True``), so one graph serves every
-batch size, resolution and strided view: with static shapes a network calls the FIR filter with so many
-shapes that torch's recompile limit (8 per function) was reached and it silently fell back to eager
-(seen on the H200: the fused kernel never ran at batch 8).
+batch size and resolution. What still specializes a graph is the filter's tap count, the strides, and the
+input and output dtypes: the networks call the FIR filter in about 16 such variants, more than torch's
+default recompile limit (8 per function), past which it silently runs eager (seen on the H200: the fused
+kernel never ran in a batch-8 bf16 frame). So the limit is raised to ``RECOMPILE_LIMIT``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import torch
 
 F = TypeVar("F", bound=Callable)
 EAGER_ENV = "P4D_EAGER"
+RECOMPILE_LIMIT = 64
 _COMPILED: dict[Callable, Callable] = {}
+
+
+def _raise_recompile_limit() -> None:
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older alias
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
 
 
 def eager_only() -> bool:
@@ -36,5 +46,6 @@ def on_cuda(fn: F, like: torch.Tensor) -> F:
         return fn
     compiled = _COMPILED.get(fn)
     if compiled is None:
+        _raise_recompile_limit()
         compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
     return compiled  # type: ignore[return-value]
