@@ -17,7 +17,7 @@ fsyncs and renames the folder into place (atomic on one filesystem), so a kill a
 either the previous checkpoints or the new one, never a half-written one under a visible name.
 Multi-node runs need ``OUT`` on storage every node mounts (a ReadWriteMany volume).
 A checkpoint resumes on another number of processes too: ZeRO-1/2 optimizer partitions are
-re-cut for the new world (``load_zero_regrouped``) and every rank takes rank 0's data position.
+re-cut for the new world (``deepspeed_compat.load_zero_regrouped``) and every rank takes rank 0's data position.
 
 A checkpoint that became unreadable after it was written (a truncated copy, a disk error, a bad
 download) is found by ``problem`` before any engine is touched: resume skips it, says why, and
@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from components.errors import P4DError
+from components.io.run_config import config_difference, resume_refusal
+from components.train.deepspeed_compat import ZeroLayoutError, can_regroup, load_zero_regrouped
 
 PREFIX = "ckpt-"
 TMP_PREFIX = ".tmp-"
@@ -49,7 +51,6 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "MANIFEST.json"
-MAX_DIFF_KEYS = 8  # keys named in a refusal; more are counted
 
 
 class CheckpointError(P4DError):
@@ -195,19 +196,6 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def config_difference(saved: dict, current: dict) -> str:
-    """'a.b: X in the checkpoint, Y now; ...' for the flattened keys whose values differ."""
-    from components.io.tracking import flatten_params
-
-    old, new = flatten_params(saved), flatten_params(current)
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    parts = [f"{k}: {old.get(k, '(absent)')} in the checkpoint, {new.get(k, '(absent)')} now"
-             for k in keys[:MAX_DIFF_KEYS]]
-    if len(keys) > MAX_DIFF_KEYS:
-        parts.append(f"and {len(keys) - MAX_DIFF_KEYS} more")
-    return "; ".join(parts)
-
-
 def is_complete(path: Path) -> bool:
     named = path.is_dir() and path.name.startswith(PREFIX)
     return named and (path / COMPLETE).is_file() and (path / STATE_FILE).is_file()
@@ -288,15 +276,15 @@ class Checkpoints:
         """Refuse (CheckpointError) a checkpoint of another stage, configuration or training data."""
         if state.stage != expect.stage:
             raise CheckpointError(f"{path} is a {state.stage!r} checkpoint, not {expect.stage!r}; use another --out")
-        if state.config_sha256 != expect.config_sha256:
+        if state.config_sha256 != expect.config_sha256:  # the digest detects; the saved config names the keys
+            advice = "resume with the same params, or start a new --out"
             saved = path / CONFIG_FILE
-            keys = ""
             if saved.is_file() and self.config is not None:
-                keys = f" — {config_difference(json.loads(saved.read_text()), self.config)}"
-            raise CheckpointError(
-                f"{path} was written with a different configuration (digest {state.config_sha256[:12]} vs "
-                f"{expect.config_sha256[:12]}{keys}); resume with the same params, or start a new --out"
-            )
+                old = json.loads(saved.read_text())
+                if config_difference(old, self.config):
+                    raise CheckpointError(resume_refusal(path, old, self.config, advice))
+            raise CheckpointError(f"resume refused: the run in {path} was written with other settings (no saved "
+                                  f"{CONFIG_FILE} says which); {advice}")
         if state.data_version and expect.data_version and state.data_version != expect.data_version:
             raise CheckpointError(
                 f"{path} was trained on data version {state.data_version} and this run's data is "
@@ -307,14 +295,17 @@ class Checkpoints:
         state = read_state(path)
         self.check_fits(path, state, expect)
         regrouped = state.world_size != expect.world_size
-        if regrouped and not (_reshardable(g_engine) and _reshardable(d_engine)):
+        if regrouped and not (can_regroup(g_engine) and can_regroup(d_engine)):
             raise CheckpointError(
                 f"{path} was written by {state.world_size} processes and this run has {expect.world_size}; "
                 f"resume with {state.world_size} processes (ZeRO shards and data positions are per rank)"
             )
         for engine, tag in ((g_engine, "generator"), (d_engine, "discriminator")):
             if regrouped and engine.zero_optimization_stage() > 0:
-                load_zero_regrouped(engine, path / tag)
+                try:
+                    load_zero_regrouped(engine, path / tag)
+                except ZeroLayoutError as err:
+                    raise CheckpointError(str(err)) from err
             else:  # same world, or ZeRO-0 (the whole optimizer is in the model-states file)
                 engine.load_checkpoint(str(path), tag=tag, load_lr_scheduler_states=False)
         ema.load_state_dict(safetensors.torch.load_file(str(path / EMA_FILE), device=str(_device_of(ema))))
@@ -325,10 +316,6 @@ class Checkpoints:
         if regrouped:
             rank_state = regroup_rank_state(rank_state, torch.load(path / "rank-00000.pt", weights_only=True))
         return state, rank_state
-
-
-def _reshardable(engine) -> bool:
-    return hasattr(engine, "zero_optimization_stage") and hasattr(engine, "optimizer")
 
 
 def regroup_rank_state(own: dict, rank0: dict) -> dict:
@@ -343,55 +330,6 @@ def regroup_rank_state(own: dict, rank0: dict) -> dict:
     micro-batches are skipped) and later epochs visit every identity once, as before.
     """
     return {**own, "data": rank0["data"]}
-
-
-def load_zero_regrouped(engine, folder: Path) -> None:
-    """Load a ZeRO-1/2 engine checkpoint written by another number of processes into ``engine``.
-
-    DeepSpeed 0.19.8 refuses that (its only route, a universal checkpoint made by ``ds_to_universal``,
-    fails on our 0-dim parameters: ``torch.cat`` of zero-dimensional slices). ZeRO-1/2 keeps, per
-    parameter group, one flat fp32 vector (the group's parameters in order, zero padding at the end)
-    cut into equal contiguous partitions, one per rank, with Adam's ``exp_avg`` / ``exp_avg_sq`` laid
-    out the same way. So the old partitions are concatenated, the padding dropped, and this rank's
-    partition of the new layout cut out of it: exact master weights and moments, in any world size.
-    """
-    zero = engine.optimizer
-    model_states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    files = sorted(folder.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"),
-                   key=lambda f: int(f.name.split("_")[3]))
-    if len(files) != model_states["dp_world_size"]:
-        raise CheckpointError(f"{folder}: {len(files)} ZeRO shards for a world of {model_states['dp_world_size']}")
-    shards = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
-    engine.load_checkpoint(str(folder.parent), tag=folder.name, load_module_only=True)  # the weights, any world
-    shapes = model_states["param_shapes"]
-    if len(shapes) != len(zero.single_partition_of_fp32_groups):
-        raise CheckpointError(f"{folder}: {len(shapes)} parameter groups saved, this model has "
-                              f"{len(zero.single_partition_of_fp32_groups)}")
-    rank = torch.distributed.get_rank(group=zero.dp_process_group)
-    for i, master in enumerate(zero.single_partition_of_fp32_groups):
-        numel = sum(int(np.prod(s)) for s in shapes[i].values())
-        size = int(zero.partition_size[i])
-
-        def part(tensors: list[torch.Tensor]) -> torch.Tensor:
-            flat = torch.cat([t.reshape(-1).to("cpu", torch.float32) for t in tensors])[:numel]
-            padded = torch.zeros(size * _world(zero))  # this world's padding
-            padded[:numel] = flat
-            return padded[rank * size:(rank + 1) * size].to(master.device, master.dtype)
-
-        master.data.copy_(part([s["single_partition_of_fp32_groups"][i] for s in shards]))
-        moments = [s["base_optimizer_state"]["state"].get(i) for s in shards]
-        if all(m is not None for m in moments):
-            zero.optimizer.state[master] = {
-                "step": moments[0]["step"].clone(),
-                **{k: part([m[k] for m in moments]) for k in ("exp_avg", "exp_avg_sq")},
-            }
-    zero._lazy_init_hp_params_optimizer_state()  # link the new state to the parameters' fragments (safe_get_*)
-    for key in ("global_steps", "global_samples", "skipped_steps"):
-        setattr(engine, key, model_states[key])
-
-
-def _world(zero) -> int:
-    return torch.distributed.get_world_size(group=zero.dp_process_group)
 
 
 def _device_of(module: nn.Module) -> torch.device:
