@@ -32,7 +32,7 @@ from components.config import PROFILES, build_config
 from components.train.conditions import FlameConditioner
 from components.config.train import TrainConfig
 from components.train.data import PsiBatch, Psi3dBatch
-from components.train.engine import init_distributed
+from components.train.engine import Precision, init_distributed
 from components.train.loop import build_engines, run_iteration
 from components.train.models import frozen
 from components.train.psi import PsiTask
@@ -126,12 +126,12 @@ def build_task(stage: str, cfg, train_cfg: TrainConfig, micro: int, device: torc
     if stage == "psi3d":
         stream = RepeatStream(psi3d_batch(cfg, micro, device))
         return Psi3dTask(cfg, train_cfg, build_network("psi3d", cfg, device).train(), discriminator, lpips, arcface,
-                         conditioner, stream, stream, device)
+                         conditioner, stream, stream, device, Precision.of(cfg.deepspeed, device))
     stream = RepeatStream(psi_batch(cfg, micro, device))
     teacher = frozen(build_network("psi3d", cfg, device))
     pdfgc = frozen(build_network("pdfgc_motion_model", cfg, device))
     return PsiTask(cfg, train_cfg, build_network("psi", cfg, device).train(), discriminator, teacher, pdfgc, lpips,
-                   arcface, conditioner, stream, stream, device)
+                   arcface, conditioner, stream, stream, device, Precision.of(cfg.deepspeed, device))
 
 
 def _annotate(obj, name: str, label: str) -> None:

@@ -7,8 +7,9 @@ config's (32 in ``paper``) whatever the GPU count: micro-batch per GPU = batch /
 G and D each get an engine: both are trained with gradients all-reduced across ranks, and both have
 optimizer state worth partitioning with ZeRO. DeepSpeed hooks the outputs of ``engine(...)`` to scale
 gradients on backward, so everything that back-propagates through an engine's output must go through
-that engine's ``backward``. Hence the two wrappers below: D's loss, R1's ``autograd.grad`` included,
-is computed INSIDE the D engine's forward; and G's forward returns the render, whose losses (LPIPS,
+that engine's ``backward``. Hence D's loss, R1's ``autograd.grad`` included, is computed INSIDE the D
+engine's forward (``DiscriminatorObjective`` below); and G's engine wraps the stage's generator module
+(psi3d.Psi3dGenerator, psi.PsiGenerator), whose forward returns the render, whose losses (LPIPS,
 ArcFace, D as a fixed critic with ``requires_grad`` off) are back-propagated with G's ``backward``.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from components.errors import P4DError
+from components.train import deepspeed_compat
 from model.losses import discriminator_adversarial_term, r1_term
 
 
@@ -101,7 +102,7 @@ def deepspeed_config(section, global_batch: int, world_size: int, device_type: s
             "critic inside the generator step and the EMA reads full weights; use 0, 1 or 2"
         )
     micro = micro_batch_per_gpu(global_batch, world_size, section.gradient_accumulation_steps)
-    bf16 = bool(section.bf16 and device_type == "cuda")
+    bf16 = uses_bf16(section, device_type)
     return {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": micro,
@@ -116,51 +117,43 @@ def deepspeed_config(section, global_batch: int, world_size: int, device_type: s
     }
 
 
-def autocast(ds_config: dict[str, Any], device: torch.device):
-    """The same precision outside the engines (losses, frozen networks) as DeepSpeed uses inside."""
-    if ds_config["torch_autocast"]["enabled"]:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def uses_bf16(section, device_type: str) -> bool:
+    """bf16 autocast on CUDA when the DeepSpeed section asks for it; CPU runs fp32 (the one rule for both)."""
+    return bool(section.bf16 and device_type == "cuda")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The engines' precision for the work outside them (losses, frozen networks, sample grids).
+
+    A stage's task is built with it (``Precision.of(cfg.deepspeed, device)``); ``deepspeed_config`` reads
+    the same rule (``uses_bf16``), so the engines and the task cannot disagree. Call it for a context.
+    """
+
+    bf16: bool
+    device_type: str
+
+    @classmethod
+    def of(cls, section, device: torch.device) -> "Precision":
+        return cls(uses_bf16(section, device.type), device.type)
+
+    def __call__(self):
+        if self.bf16:
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def build_engine(module: nn.Module, param_groups: list[dict], ds_config: dict[str, Any], betas, eps: float):
     """A DeepSpeed engine around ``module`` with our Adam over ``param_groups`` (each with its lr and name)."""
-    import deepspeed
-
     groups = [g for g in param_groups if g["params"]]
     optimizer = torch.optim.Adam(groups, betas=tuple(betas), eps=eps)
-    # DeepSpeed 0.19.8 broadcasts rank 0's weights at initialize by viewing each parameter as bytes,
-    # which raises for 0-dim parameters (StyleGAN2's `noise_strength`, kept 0-dim for the official
-    # key shapes). It skips parameters tagged `ds_optim_param`, so those few are tagged and broadcast here.
-    scalars = [p for p in module.parameters() if p.dim() == 0]
-    for p in scalars:
-        p.ds_optim_param = True
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
-    if torch.distributed.get_world_size() > 1:
-        for p in scalars:
-            torch.distributed.broadcast(p.data, src=0)
-    return engine
+    return deepspeed_compat.initialize(module, optimizer, ds_config)
 
 
 def set_learning_rates(engine, rates: dict[str, float]) -> None:
     for group in engine.optimizer.param_groups:
         if group.get("name") in rates:
             group["lr"] = rates[group["name"]]
-
-
-class GeneratorModule(nn.Module):
-    """G engine's module: Ψ only, so DeepSpeed sees exactly Ψ's parameters.
-
-    ``forward(run, *args)`` returns ``run(psi, *args)``: each stage passes the function that renders its
-    batch, and the engine still owns the forward (autocast, backward hooks).
-    """
-
-    def __init__(self, psi: nn.Module) -> None:
-        super().__init__()
-        self.psi = psi
-
-    def forward(self, run: Callable[..., dict[str, torch.Tensor]], *args) -> dict[str, torch.Tensor]:
-        return run(self.psi, *args)
 
 
 class DiscriminatorObjective(nn.Module):

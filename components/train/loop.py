@@ -6,8 +6,9 @@ the update at the accumulation boundary), then, once adversarial training is on,
 same micro-batches, then the EMA update. A stage (psi3d.py, psi.py) supplies a ``StageTask``: its
 networks, data stream, schedule and the per-micro-batch generator losses.
 
-Rank 0 records every iteration in ``OUT/metrics.jsonl`` (the schedule values in force and the loss
-terms averaged over ranks), which is also what the tests read to check the schedule switches.
+What the run reports (``OUT/metrics.jsonl``, progress, sample grids, loss curves, Prometheus, MLflow,
+uploads to the checkpoint store) is done by callbacks on rank 0 (components.train.callbacks), called at
+fixed points: start, after each iteration, after each checkpoint, stop, failure.
 
 A start resumes from the newest good checkpoint, in ``OUT/checkpoints`` or in the durable checkpoint
 store (components.train.resume, .durable), refusing one written with another configuration or on
@@ -22,6 +23,7 @@ import json
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from components.io.atomic import atomic_write_text
+from components.io.atomic import atomic_path, atomic_write_text
+from components.io.run_config import write_run_config
 from components.train.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -42,29 +44,30 @@ from components.train.checkpoint import (
     set_rng_state,
 )
 from components.config.train import TrainConfig
+from components.train.callbacks import (
+    DEEPSPEED_FILE,
+    Callbacks,
+    IterationEnd,
+    MetricsRecord,
+    RunEnd,
+    RunStart,
+    TrainingCallback,
+    crossed,
+    rank0_callbacks,
+)
 from components.train.durable import CheckpointMirror
 from components.train.engine import (
     DiscriminatorObjective,
     DistInfo,
-    GeneratorModule,
-    autocast,
+    Precision,
     build_engine,
     deepspeed_config,
     set_learning_rates,
 )
 from components.train.models import MODEL_DIR, is_optimized, is_renderer_parameter
-from components.train.resume import (
-    METRICS_FILE,
-    candidates,
-    fetch_records,
-    read_run_record,
-    say,
-    upload_quietly,
-    write_run_record,
-)
+from components.train.resume import candidates, fetch_records, say
 from components.train.schedule import StepSchedule, ema_beta, iterations, lazy_due
 
-DEEPSPEED_FILE = "deepspeed_config.json"
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the orchestrator restarts the job, which resumes
 
 
@@ -91,7 +94,7 @@ class StageTask(ABC):
     total_images: int
     ema_rampup: float | None
     device: torch.device
-    amp: Any = None  # () -> autocast context for work outside the engines; set by ``train``
+    amp: Precision  # the engines' precision for work outside them; given to the stage's constructor
     cfg: Any  # P4DConfig
     train_cfg: TrainConfig
     lpips: nn.Module
@@ -99,6 +102,10 @@ class StageTask(ABC):
 
     @abstractmethod
     def schedule(self, images_seen: int) -> StepSchedule: ...
+
+    @abstractmethod
+    def generator_module(self) -> nn.Module:
+        """The G engine's module: the stage's generator call (named arguments), holding exactly ``psi``."""
 
     @abstractmethod
     def generator_micro_step(self, engine, critic: DiscriminatorObjective, batch, sched: StepSchedule,
@@ -137,7 +144,7 @@ class StageTask(ABC):
         """
         from model import losses as L
 
-        w, t = self.cfg.losses, self.train_cfg
+        w = self.cfg.losses
         zero = out["image"].new_zeros(())
         with self.amp():
             pairs = L.image_pairs(out, targets)
@@ -150,7 +157,7 @@ class StageTask(ABC):
             fake = {"image": out["image"], "image_raw": out["image_raw"], "uv": cond.uv, "seg": out["seg"]}
             if sched.adversarial and w.adversarial > 0:
                 terms["G/adversarial"] = L.generator_adversarial_term(critic.logits(fake, cond.c_compose))
-        total = (w.l1 * terms["G/l1"] + w.lpips * terms["G/lpips"] + t.seg_weight * terms["G/seg"]
+        total = (w.l1 * terms["G/l1"] + w.lpips * terms["G/lpips"] + w.segmentation * terms["G/seg"]
                  + w.identity * terms["G/identity"] + w.adversarial * terms["G/adversarial"])
         for name, (weight, value) in extra.items():
             terms[name] = value
@@ -289,13 +296,6 @@ def _resume(checkpoints: Checkpoints, mirror: CheckpointMirror | None, task: Sta
     return expect, None
 
 
-def _upload(mirror: CheckpointMirror, checkpoint: Path, out: Path, keep_last: int) -> None:
-    """The per-iteration record, then the checkpoint (marker last), then prune the store like the folder."""
-    upload_quietly(mirror, lambda: mirror.put_file(METRICS_FILE, out / METRICS_FILE), METRICS_FILE)
-    if upload_quietly(mirror, lambda: mirror.upload(checkpoint), checkpoint.name):
-        upload_quietly(mirror, lambda: mirror.prune(keep_last), f"pruning of {mirror.uri}")
-
-
 def _all_mean(values: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         values = values.clone()
@@ -323,13 +323,9 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
-    return after // every > before // every
-
-
 @dataclass
 class Engines:
-    generator: Any  # DeepSpeed engine around GeneratorModule(Ψ)
+    generator: Any  # DeepSpeed engine around the stage's generator module (Ψ_3d or Ψ)
     discriminator: Any  # DeepSpeed engine around DiscriminatorObjective(D)
     critic: DiscriminatorObjective
     ds_config: dict
@@ -337,15 +333,14 @@ class Engines:
 
 
 def build_engines(task: StageTask, cfg, train_cfg: TrainConfig, dist: DistInfo) -> Engines:
-    """G and D engines from the generated DeepSpeed config; sets the task's autocast to the same precision."""
+    """G and D engines from the generated DeepSpeed config (its precision is the task's, ``uses_bf16``)."""
     sched0 = task.schedule(0)
     ds_config = deepspeed_config(cfg.deepspeed, task.batch, dist.world_size, dist.device.type)
-    task.amp = lambda: autocast(ds_config, dist.device)  # losses, frozen networks: the engines' precision
     task.set_renderer_frozen(False)  # every trainable parameter must be in the optimizer when it is built
-    g_engine = build_engine(GeneratorModule(task.psi), task.generator_groups(sched0), ds_config,
+    g_engine = build_engine(task.generator_module(), task.generator_groups(sched0), ds_config,
                             train_cfg.adam_betas, train_cfg.adam_eps)
-    gammas = {"image": cfg.losses.r1_gamma, "image_raw": cfg.losses.r1_gamma, "uv": train_cfg.r1_gamma_uv,
-              "seg": train_cfg.r1_gamma_seg}
+    gammas = {"image": cfg.losses.r1_gamma, "image_raw": cfg.losses.r1_gamma, "uv": cfg.losses.r1_gamma_uv,
+              "seg": cfg.losses.r1_gamma_seg}
     critic = DiscriminatorObjective(task.discriminator, gammas)
     d_params = [p for n, p in task.discriminator.named_parameters() if is_optimized(n)]
     d_engine = build_engine(critic, [{"params": d_params, "lr": sched0.d_lr, "name": "discriminator"}],
@@ -354,12 +349,17 @@ def build_engines(task: StageTask, cfg, train_cfg: TrainConfig, dist: DistInfo) 
     return Engines(g_engine, d_engine, critic, ds_config, ds_config["gradient_accumulation_steps"])
 
 
+def apply_learning_rates(engines: Engines, sched: StepSchedule) -> None:
+    """The schedule's rates into the optimizers' groups (Ψ's 'motion' layers have their own)."""
+    set_learning_rates(engines.generator, {"base": sched.lr, "motion": sched.lr_motion})
+    set_learning_rates(engines.discriminator, {"discriminator": sched.d_lr})
+
+
 def run_iteration(task: StageTask, engines: Engines, sched: StepSchedule, iteration: int,
                   generator: torch.Generator, r1_every: int) -> dict[str, torch.Tensor]:
     """One global batch: G phase over the micro-batches, then (adversarial on) the D phase on the same ones."""
     g_engine, d_engine, gas = engines.generator, engines.discriminator, engines.accumulation
-    set_learning_rates(g_engine, {"base": sched.lr, "motion": sched.lr_motion})
-    set_learning_rates(d_engine, {"discriminator": sched.d_lr})
+    apply_learning_rates(engines, sched)
     task.set_renderer_frozen(sched.renderer_frozen)
     terms: dict[str, torch.Tensor] = {}
     d_inputs = []
@@ -388,10 +388,11 @@ def run_iteration(task: StageTask, engines: Engines, sched: StepSchedule, iterat
 
 def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dist: DistInfo, resume: bool,
           tracking_params: dict, data_version: str, progress: bool = True,
-          checkpoint_store: str | None = None) -> TrainResult:
+          checkpoint_store: str | None = None, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
     """Run ``task`` to ``task.total_images`` (or until SIGTERM), checkpointing into ``out_dir`` and, with
-    ``checkpoint_store`` (a folder or s3:// prefix), uploading every checkpoint there as it is written."""
-    from components.io.tracking import TrackingRun, dvc_dep_hashes, lineage_tags, resolve_data_version
+    ``checkpoint_store`` (a folder or s3:// prefix), uploading every checkpoint there as it is written.
+    ``callbacks`` run on rank 0 after the standard ones (components.train.callbacks.rank0_callbacks)."""
+    from components.io.tracking import resolve_data_version
 
     out = Path(out_dir)
     started = time.perf_counter()
@@ -400,9 +401,7 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
         out.mkdir(parents=True, exist_ok=True)
 
     engines = build_engines(task, cfg, train_cfg, dist)
-    g_engine, d_engine = engines.generator, engines.discriminator
     ema = copy.deepcopy(task.psi).eval().requires_grad_(False)
-
     mirror = CheckpointMirror.open(checkpoint_store, cfg.storage.endpoint_url_env) if checkpoint_store and main \
         else None
     config = digest_config(cfg, train_cfg, task.config_keys)
@@ -411,182 +410,69 @@ def train(task: StageTask, cfg, train_cfg: TrainConfig, out_dir: str | Path, dis
     expect = TrainerState(task.name, 0, 0, dist.world_size, config_digest(config), data_version=version)
     if main:
         fetch_records(out, mirror)
-    state, resumed_from = _resume(checkpoints, mirror, task, g_engine, d_engine, ema, expect, dist, resume, out)
-    history: dict[str, list[tuple[int, float]]] = {}
-    if main:
-        for row in _truncate_record(out / METRICS_FILE, state.iteration):  # the curves span restarts
-            for k, v in row["losses"].items():
-                history.setdefault(k, []).append((row["images_seen_after"], v))
-
-    run = None
+    state, resumed_from = _resume(checkpoints, mirror, task, engines.generator, engines.discriminator, ema, expect,
+                                  dist, resume, out)
+    record = MetricsRecord(out)
+    hooks = Callbacks([])
     if main:
         atomic_write_text(out / DEEPSPEED_FILE, json.dumps(engines.ds_config, indent=2) + "\n")
-        earlier = read_run_record(out).get("run_id")
-        run = TrackingRun.start(cfg.tracking, f"train_{task.name}", tracking_params,
-                                lineage_tags(f"train_{task.name}", version),
-                                resume_run_id=state.mlflow_run_id if resumed_from else None, previous_run_id=earlier)
-        state.mlflow_run_id = run.run_id
-        # before the first step: a kill from here on leaves the run id for the next start to continue or retire
-        write_run_record(out, {"run_id": run.run_id, "stage": task.name, "tracking_uri": run.uri}, mirror)
-        tags = {"world_size": str(dist.world_size), "device": dist.device.type,
-                "resumed_from": resumed_from.name if resumed_from else "none",
-                "checkpoint_store": mirror.uri if mirror else "none"}
-        tags.update({f"dvc_dep.{path}": md5 for path, md5 in dvc_dep_hashes().items()})
-        run.set_tags(tags)
-        if resumed_from is None:
-            run.log_artifact(out / DEEPSPEED_FILE)
-    monitor = _start_monitor(task.name, cfg) if main else None
+        write_run_config(out, cfg)  # after the resume check: a refused resume leaves the run's config.yaml as it was
+        hooks = Callbacks([*rank0_callbacks(task, ema, cfg, train_cfg, out, record, tracking_params, version,
+                                            dist.world_size, dist.device, mirror, progress), *callbacks])
 
-    fixed = task.fixed_batch(train_cfg.sample_grid_rows) if main else None
     total_iterations = iterations(task.total_images, task.batch)
     stop = _StopFlag()
     last_checkpoint: Path | None = resumed_from
-    bar = tqdm(total=total_iterations * task.batch, initial=state.images_seen, unit="img", desc=f"train {task.name}",
-               disable=not (main and progress), dynamic_ncols=True, smoothing=0.1)
-    window = (time.perf_counter(), state.images_seen)
-    metrics_path = out / METRICS_FILE
     preempted = False
     try:
+        hooks.on_start(RunStart(state, resumed_from))
         while state.iteration < total_iterations:
             sched = task.schedule(state.images_seen)
-            seed = _step_seed(cfg.seed, state.iteration, dist.rank)
-            generator = torch.Generator(device=dist.device).manual_seed(seed)
+            generator = torch.Generator(device=dist.device).manual_seed(_step_seed(cfg.seed, state.iteration,
+                                                                                   dist.rank))
             terms = run_iteration(task, engines, sched, state.iteration, generator, train_cfg.r1_every)
-
             before = state.images_seen
             state.images_seen += task.batch
             state.iteration += 1
             update_ema(ema, task.psi, ema_beta(state.images_seen, task.batch, cfg.checkpoints.ema_half_life_images,
                                                task.ema_rampup))
-
-            names = sorted(terms)
-            values = _all_mean(torch.stack([terms[k] for k in names])).cpu().tolist() if names else []
-            losses = dict(zip(names, values))
             stopping = _any_rank(stop.raised, dist.device)
-            if main:
-                _record(metrics_path, state, sched, losses)
-                for k, v in losses.items():
-                    history.setdefault(k, []).append((state.images_seen, v))
-                bar.update(task.batch)
-                now = time.perf_counter()
-                ips = (state.images_seen - window[1]) / max(now - window[0], 1e-9)
-                bar.set_postfix(loss=f"{losses.get('G/total', float('nan')):.4f}", refresh=False)
-                if _crossed(before, state.images_seen, train_cfg.log_every_images) or stopping:
-                    window = (now, state.images_seen)
-                    scalars = {f"loss/{k}": v for k, v in losses.items()}
-                    scalars.update({f"schedule/{k}": v for k, v in sched.as_metrics().items()},
-                                   images_per_second=ips, accelerator_memory_bytes=_memory(dist.device))
-                    run.log_metrics(scalars, step=state.images_seen)
-                    monitor.update(state.iteration, state.images_seen, ips, losses,
-                                   {"base": sched.lr, "motion": sched.lr_motion, "discriminator": sched.d_lr},
-                                   _memory(dist.device))
-                if _crossed(before, state.images_seen, train_cfg.sample_every_images):
-                    _log_samples(task, ema, fixed, sched, train_cfg, run, state.images_seen, out)
-            due = _crossed(before, state.images_seen, cfg.checkpoints.every_images)
-            if due or stopping or state.iteration == total_iterations:
+            hooks.after_iteration(IterationEnd(state, before, sched, _mean_over_ranks(terms), stopping))
+            if (crossed(before, state.images_seen, cfg.checkpoints.every_images) or stopping
+                    or state.iteration == total_iterations):
                 rank_state = {"rng": rng_state(), "data": task.data.state_dict()}
-                last_checkpoint = checkpoints.save(state, g_engine, d_engine, ema, rank_state, task.export_metadata())
-                if main and mirror is not None:
-                    _upload(mirror, last_checkpoint, out, cfg.checkpoints.keep_last)
-                if main:
-                    monitor.checkpointed()
-                    monitor.push()
+                last_checkpoint = checkpoints.save(state, engines.generator, engines.discriminator, ema, rank_state,
+                                                   task.export_metadata())
+                hooks.on_checkpoint(last_checkpoint)
             if stopping:
                 preempted = state.iteration < total_iterations
                 break
+        model_dir = _export_model(task, ema, out, state) if main and not preempted else None
+        hooks.on_stop(RunEnd(state, preempted, last_checkpoint, model_dir))
     except BaseException:
-        if main and run is not None:
-            run.finish("FAILED")
+        hooks.on_failure()
         raise
     finally:
         stop.restore()
-        bar.close()
-
-    if main:
-        _finish(task, ema, out, run, history, last_checkpoint, preempted, state)
-        monitor.push()
     torch.distributed.barrier()
     return TrainResult(out, state.iteration, state.images_seen, preempted, last_checkpoint,
-                       state.mlflow_run_id, time.perf_counter() - started, history)
+                       state.mlflow_run_id, time.perf_counter() - started, record.history)
 
 
-def _start_monitor(stage: str, cfg):
-    import os
-
-    from components.train.monitor import TrainingMonitor
-
-    return TrainingMonitor(f"train_{stage}", cfg.metrics.port,
-                           os.environ.get("PUSHGATEWAY_URL") or cfg.metrics.pushgateway_url)
+def _mean_over_ranks(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    names = sorted(terms)
+    values = _all_mean(torch.stack([terms[k] for k in names])).cpu().tolist() if names else []
+    return dict(zip(names, values))
 
 
-def _memory(device: torch.device) -> int:
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
-
-
-def _truncate_record(path: Path, iteration: int) -> list[dict]:
-    """Keep (and return) the per-iteration rows up to the checkpoint being resumed; a killed run may have
-    written more."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    rows = [row for row in rows if row["iteration"] <= iteration]
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
-    return rows
-
-
-def _record(path: Path, state: TrainerState, sched: StepSchedule, losses: dict[str, float]) -> None:
-    row = {"iteration": state.iteration, **sched.as_metrics(), "images_seen_after": state.images_seen,
-           "losses": losses}
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-def _save_png(image, path: Path) -> None:
-    """The latest picture next to the checkpoints too, for people reading the run directory (and the demo report)."""
-    from PIL import Image
-
-    from components.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
-def _log_samples(task: StageTask, ema: nn.Module, fixed, sched: StepSchedule, train_cfg: TrainConfig, run,
-                 images_seen: int, out: Path) -> None:
-    from components.io.tracking import image_grid
-
-    grid = image_grid(task.sample_rows(ema, fixed, sched, train_cfg.novel_views))
-    run.log_image(grid, f"samples/grid-{images_seen:012d}.png")
-    _save_png(grid, out / "samples" / "latest.png")
-
-
-def _finish(task: StageTask, ema: nn.Module, out: Path, run, history, checkpoint: Path | None, preempted: bool,
-            state: TrainerState) -> None:
-    """Export the EMA generator and the discriminator (next stage / evaluation), log the curves and the model."""
-    from components.io.tracking import loss_curve_png
-
+def _export_model(task: StageTask, ema: nn.Module, out: Path, state: TrainerState) -> Path:
+    """The EMA generator and the discriminator (what the next stage and evaluation read), each written whole."""
     meta = {**task.export_metadata(), "images_seen": str(state.images_seen)}
     model_dir = out / MODEL_DIR
-    if not preempted:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        for name, module in ((f"{task.name}.safetensors", ema), ("discriminator.safetensors", task.discriminator)):
-            tmp = model_dir / f".{name}.tmp"
+    for name, module in ((f"{task.name}.safetensors", ema), ("discriminator.safetensors", task.discriminator)):
+        with atomic_path(model_dir / name) as tmp:
             save_module_safetensors(module, tmp, meta)
-            tmp.replace(model_dir / name)
-    if history:
-        curve = loss_curve_png(history, f"train_{task.name}")
-        run.log_image(curve, f"curves/losses-{state.images_seen:012d}.png")
-        _save_png(curve, out / "plots" / "losses.png")
-    run.log_artifact(out / METRICS_FILE)
-    if not preempted:
-        from components.io.tracking import artifact_uri
-
-        run.log_artifact(model_dir / f"{task.name}.safetensors", "model")
-        tags = {"model_uri": artifact_uri(run.run_id, f"model/{task.name}.safetensors"), "final_checkpoint": "none"}
-        if checkpoint is not None:  # resumable as it is: engines, EMA, RNG and data position
-            tags["final_checkpoint"] = run.log_artifacts(checkpoint, f"checkpoint/{checkpoint.name}")
-        run.set_tags(tags)
-    run.finish("KILLED" if preempted else "FINISHED")
+    return model_dir
 
 
 def exit_code(result: TrainResult) -> int:

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from components.assets.networks import build_network, expected_shapes
 from components.config import P4DConfig
 from components.train.conditions import FlameConditioner
 from components.config.train import TrainConfig
 from components.train.data import ClipPairStream, PsiBatch, data_version
-from components.train.engine import micro_batch_per_gpu
+from components.train.engine import Precision, micro_batch_per_gpu
 from components.train.loop import MicroResult, StageTask, TrainResult, train
 from components.train.models import (
     MODEL_DIR,
-    WeightsError,
     find_psi3d_weights,
     frozen,
     init_psi_from_psi3d,
@@ -39,6 +39,8 @@ from components.train.schedule import StepSchedule, lazy_due, psi_schedule
 from components.train.stage import prepare, sample_cameras_c, tiles
 from model import losses as L
 from model.cameras import LabelLayout, sample_cameras
+from model.networks.psi import Psi
+from model.rendering.renderer import DeformFn
 
 REQUIRED_ASSETS = ["flame_model", "flame_landmarks", "arcface", "lpips", "pdfgc"]
 # The config keys this stage reads (its DVC params in pipelines/dag.py are the same; tests hold them equal).
@@ -47,14 +49,28 @@ CONFIG_KEYS = ("profile", "seed", "cameras", "losses", "deepspeed", "checkpoints
                "networks.arcface", "networks.deformation")
 
 
-def render_psi(psi, image, source_motion, motion, c, resolution, deform_fn, c_cross, generator):
-    """G engine forward: encode the source once; render the driving camera and, when due, the cross view."""
-    source = psi.encode_source(image, source_motion)
-    out = psi.render_frame(source, motion, c, resolution, deform_fn, generator=generator)
-    if c_cross is not None:
-        cross = psi.render_frame(source, motion, c_cross, resolution, None, generator=generator)
-        out["cross_image"], out["cross_seg"] = cross["image"], cross["seg"]
-    return out
+class PsiGenerator(nn.Module):
+    """The G engine's module for Ψ: holds exactly Ψ (as ``psi``: engine checkpoint keys ``psi.*``), so
+    DeepSpeed sees its parameters only, and its forward is the stage's generator call."""
+
+    def __init__(self, psi: Psi) -> None:
+        super().__init__()
+        self.psi = psi
+
+    def forward(self, source_image: torch.Tensor, source_motion: torch.Tensor, driving_motion: torch.Tensor,
+                c: torch.Tensor, neural_rendering_resolution: int, deform_fn: DeformFn | None,
+                generator: torch.Generator, c_cross: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Encode the (B, 3, H, W) source with its (B, motion_dim) motion once; render it with the driving
+        motion at (B, 25) camera ``c`` and, when the cross-view term is due, at ``c_cross`` without neck
+        rotation (``cross_image`` / ``cross_seg``)."""
+        psi = self.psi
+        source = psi.encode_source(source_image, source_motion)
+        out = psi.render_frame(source, driving_motion, c, neural_rendering_resolution, deform_fn, generator=generator)
+        if c_cross is not None:
+            cross = psi.render_frame(source, driving_motion, c_cross, neural_rendering_resolution, None,
+                                     generator=generator)
+            out["cross_image"], out["cross_seg"] = cross["image"], cross["seg"]
+        return out
 
 
 def eye_box_scale(eye_opening: torch.Tensor) -> torch.Tensor:
@@ -67,8 +83,8 @@ class PsiTask(StageTask):
 
     def __init__(self, cfg: P4DConfig, train_cfg: TrainConfig, psi, discriminator, teacher, pdfgc, lpips, arcface,
                  conditioner: FlameConditioner, data: ClipPairStream, fixed_stream: ClipPairStream,
-                 device: torch.device) -> None:
-        self.cfg, self.train_cfg = cfg, train_cfg
+                 device: torch.device, amp: Precision) -> None:
+        self.cfg, self.train_cfg, self.amp = cfg, train_cfg, amp
         self.psi, self.discriminator, self.teacher, self.pdfgc = psi, discriminator, teacher, pdfgc
         self.lpips, self.arcface, self.conditioner = lpips, arcface, conditioner
         self.data, self._fixed_stream, self.device = data, fixed_stream, device
@@ -78,6 +94,9 @@ class PsiTask(StageTask):
 
     def schedule(self, images_seen: int) -> StepSchedule:
         return psi_schedule(images_seen, self.cfg.psi, self.train_cfg)
+
+    def generator_module(self) -> PsiGenerator:
+        return PsiGenerator(self.psi)
 
     def _cameras(self, n: int, generator: torch.Generator, salt: int) -> torch.Tensor:
         cpu = torch.Generator().manual_seed(generator.initial_seed() + salt)
@@ -118,17 +137,18 @@ class PsiTask(StageTask):
         r = sched.neural_rendering_resolution
         shape = batch.source_label[:, LabelLayout.SHAPE]  # official: the source's identity, the driving's motion
         cond = self.conditioner(batch.driving_label, shape=shape)
-        cross_due = t.cross_view_weight > 0 and lazy_due(iteration, t.cross_view_every)
+        cross_due = self.cfg.losses.cross_view > 0 and lazy_due(iteration, t.cross_view_every)
         seg, motion, cross_target, c_cross = self._teacher_targets(batch, shape, cond, r, cross_due, generator)
-        out = engine(render_psi, batch.source_image, batch.source_motion, motion, cond.c_render, r, cond.deform_fn,
-                     c_cross, generator)
+        out = engine(source_image=batch.source_image, source_motion=batch.source_motion, driving_motion=motion,
+                     c=cond.c_render, neural_rendering_resolution=r, deform_fn=cond.deform_fn, generator=generator,
+                     c_cross=c_cross)
         targets = L.reconstruction_targets(batch.driving_image, seg, r)
         cross = out["image"].new_zeros(())
         if cross_target is not None:
             with self.amp():
                 generated = L.foreground_image(out["cross_image"], out["cross_seg"])
                 cross = self.lpips(generated, cross_target).mean()
-        extra = {"G/cross_view": (t.cross_view_weight * t.cross_view_every, cross)}  # lazy: gain = interval
+        extra = {"G/cross_view": (self.cfg.losses.cross_view * t.cross_view_every, cross)}  # lazy: gain = interval
         return self.reconstruction_step(critic, out, targets, batch.driving_image, cond, sched, extra)
 
     def fixed_batch(self, rows: int) -> PsiBatch:
@@ -154,12 +174,7 @@ def run(cfg: P4DConfig, data: str | Path, psi3d: str | Path, out: str | Path, as
         resume: bool = False, device: str = "auto", progress: bool = True,
         checkpoint_store: str | None = None) -> TrainResult:
     """Train Ψ into ``out`` from the Ψ_3d weights at ``psi3d`` (a `p4d train psi3d` output, or a weights file)."""
-    train_cfg = cfg.train
-    if cfg.networks.psi.motion_dim != cfg.networks.pdfgc.motion_dim:
-        raise WeightsError(
-            f"networks.psi.motion_dim ({cfg.networks.psi.motion_dim}) differs from the PD-FGC motion size "
-            f"networks.pdfgc.motion_dim ({cfg.networks.pdfgc.motion_dim}); Ψ consumes PD-FGC motion, set them equal"
-        )
+    train_cfg = cfg.train  # Ψ's motion_dim equals PD-FGC's: the frozen config refuses anything else (NetworksSection)
     nets = cfg.networks
     ClipPairStream(data, 1, 0, 1, cfg.seed, nets.image_resolution, nets.psi.motion_dim)  # bad data fails here, early
     weights = find_psi3d_weights(psi3d)
@@ -184,7 +199,7 @@ def run(cfg: P4DConfig, data: str | Path, psi3d: str | Path, out: str | Path, as
     fixed = ClipPairStream(data, train_cfg.sample_grid_rows, 0, 1, cfg.seed + 1, nets.image_resolution,
                            nets.psi.motion_dim)
     task = PsiTask(cfg, train_cfg, psi.train(), discriminator.train(), frozen(teacher), pdfgc, lpips, arcface,
-                   conditioner, stream, fixed, dist.device)
+                   conditioner, stream, fixed, dist.device, Precision.of(cfg.deepspeed, dist.device))
     params = {**cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
               "run": {"world_size": dist.world_size, "micro_batch_per_gpu": micro, "psi3d_weights": _relative(weights, psi3d)}}
     return train(task, cfg, train_cfg, out, dist, resume, params, data_version(data), progress, checkpoint_store)

@@ -13,18 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from components.assets.networks import build_network
 from components.config import P4DConfig
 from components.train.conditions import FlameConditioner
 from components.config.train import TrainConfig
 from components.train.data import MixedStream, OnlineStream, Psi3dBatch, ShardStream, TrainingDataError, data_version
-from components.train.engine import DistInfo, micro_batch_per_gpu
+from components.train.engine import DistInfo, Precision, micro_batch_per_gpu
 from components.train.loop import MicroResult, StageTask, TrainResult, train
 from components.train.models import init_renderer_from_genhead, load_frozen
 from components.train.schedule import StepSchedule, lazy_due, psi3d_schedule
 from components.train.stage import prepare, sample_cameras_c, tiles
 from model import losses as L
+from model.networks.psi import Psi
+from model.rendering.renderer import DeformFn
 
 REQUIRED_ASSETS = ["genhead", "flame_model", "flame_landmarks", "arcface", "lpips"]
 # The config keys this stage reads (its DVC params in pipelines/dag.py are the same; tests hold them equal).
@@ -36,15 +39,27 @@ ONLINE_CONFIG_KEYS = ("synthesize", "camera_mix_fitted_prob")  # the online GenH
 ONLINE_FIXED_IDENTITY = 1 << 41  # sample-grid identities: away from the training draws
 
 
-def render_psi3d(psi, image, c, resolution, deform_fn, triplane_points, density_points, generator):
-    """G engine forward: encode the source view, render camera ``c``; query the field where a term needs it."""
-    source = psi.encode_source(image)
-    out = psi.render_frame(source, None, c, resolution, deform_fn, generator=generator)
-    if triplane_points is not None:
-        out["triplane_feature"] = psi.sample_points(out["planes"], triplane_points, deform_fn)["triplane_feature"]
-    if density_points is not None:
-        out["density_sigma"] = psi.sample_points(out["planes"], density_points)["sigma"]
-    return out
+class Psi3dGenerator(nn.Module):
+    """The G engine's module for Ψ_3d: holds exactly Ψ_3d (as ``psi``: engine checkpoint keys ``psi.*``), so
+    DeepSpeed sees its parameters only, and its forward is the stage's generator call."""
+
+    def __init__(self, psi: Psi) -> None:
+        super().__init__()
+        self.psi = psi
+
+    def forward(self, source_image: torch.Tensor, c: torch.Tensor, neural_rendering_resolution: int,
+                deform_fn: DeformFn | None, generator: torch.Generator, triplane_points: torch.Tensor | None = None,
+                density_points: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Encode the (B, 3, H, W) source view and render (B, 25) camera ``c``; where a loss term needs it,
+        also query the field at (B, P, 3) ``triplane_points`` (L_T) and ``density_points`` (density TV)."""
+        psi = self.psi
+        source = psi.encode_source(source_image)
+        out = psi.render_frame(source, None, c, neural_rendering_resolution, deform_fn, generator=generator)
+        if triplane_points is not None:
+            out["triplane_feature"] = psi.sample_points(out["planes"], triplane_points, deform_fn)["triplane_feature"]
+        if density_points is not None:
+            out["density_sigma"] = psi.sample_points(out["planes"], density_points)["sigma"]
+        return out
 
 
 class Psi3dTask(StageTask):
@@ -52,8 +67,8 @@ class Psi3dTask(StageTask):
     ema_rampup: float | None
 
     def __init__(self, cfg: P4DConfig, train_cfg: TrainConfig, psi, discriminator, lpips, arcface,
-                 conditioner: FlameConditioner, data, fixed_stream, device: torch.device) -> None:
-        self.cfg, self.train_cfg = cfg, train_cfg
+                 conditioner: FlameConditioner, data, fixed_stream, device: torch.device, amp: Precision) -> None:
+        self.cfg, self.train_cfg, self.amp = cfg, train_cfg, amp
         self.psi, self.discriminator, self.lpips, self.arcface = psi, discriminator, lpips, arcface
         self.conditioner, self.data, self._fixed_stream, self.device = conditioner, data, fixed_stream, device
         self.batch, self.total_images = cfg.psi3d.batch, cfg.psi3d.total_images
@@ -62,6 +77,9 @@ class Psi3dTask(StageTask):
 
     def schedule(self, images_seen: int) -> StepSchedule:
         return psi3d_schedule(images_seen, self.cfg.psi3d, self.train_cfg)
+
+    def generator_module(self) -> Psi3dGenerator:
+        return Psi3dGenerator(self.psi)
 
     def _density_points(self, b: int, generator: torch.Generator) -> torch.Tensor:
         """Official density regularisation: N uniform points in [-1, 1]³ and the same points jittered."""
@@ -79,10 +97,11 @@ class Psi3dTask(StageTask):
         cond = self.conditioner(batch.target_label)
         targets = L.reconstruction_targets(batch.target_image, batch.target_seg, r, batch.target_background)
         use_triplane = sched.early_terms and batch.target_triplane is not None and w.triplane > 0
-        use_density = t.density_reg > 0 and lazy_due(iteration, t.density_reg_every)
-        out = engine(render_psi3d, batch.source_image, cond.c_render, r, cond.deform_fn,
-                     batch.target_triplane[..., :3] if use_triplane else None,
-                     self._density_points(batch.size, generator) if use_density else None, generator)
+        use_density = w.density_reg > 0 and lazy_due(iteration, t.density_reg_every)
+        out = engine(source_image=batch.source_image, c=cond.c_render, neural_rendering_resolution=r,
+                     deform_fn=cond.deform_fn, generator=generator,
+                     triplane_points=batch.target_triplane[..., :3] if use_triplane else None,
+                     density_points=self._density_points(batch.size, generator) if use_density else None)
         depth = triplane = density = out["image"].new_zeros(())
         with self.amp():
             if sched.early_terms and w.depth > 0:
@@ -92,7 +111,7 @@ class Psi3dTask(StageTask):
             if use_density:
                 density = L.density_tv_term(out["density_sigma"])
         extra = {"G/depth": (w.depth, depth), "G/triplane": (w.triplane, triplane),
-                 "G/density": (t.density_reg * t.density_reg_every, density)}  # lazy: weight x interval
+                 "G/density": (w.density_reg * t.density_reg_every, density)}  # lazy: weight x interval
         return self.reconstruction_step(critic, out, targets, batch.target_image, cond, sched, extra)
 
     def fixed_batch(self, rows: int) -> Psi3dBatch:
@@ -162,7 +181,7 @@ def run(cfg: P4DConfig, data: str | None, out: str | Path, assets: str | Path, *
     if not online_labels:
         del genhead  # only the online sampler keeps GenHead
     task = Psi3dTask(cfg, train_cfg, psi.train(), discriminator.train(), lpips, arcface, conditioner, stream,
-                     fixed, dist.device)
+                     fixed, dist.device, Precision.of(cfg.deepspeed, dist.device))
     if online_labels:
         task.config_keys = CONFIG_KEYS + ONLINE_CONFIG_KEYS
     version = data_version(data) if data is not None else "online"
