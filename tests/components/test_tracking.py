@@ -13,10 +13,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from components.io.tracking import flatten_params, image_grid, loss_curve_png, tracking_uri
+from components.io.tracking import flatten_params, tracking_uri
 from tests.components.test_train import (
     _free_port,
     assert_ok,
@@ -78,14 +77,6 @@ def test_tracking_uri_prefers_the_environment(monkeypatch):
     assert tracking_uri(section) == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking_uri(section) == "http://mlflow:5000"
-
-
-def test_grid_and_loss_curve_images():
-    tile = np.zeros((8, 8, 3), np.uint8)
-    grid = image_grid([[tile, tile, tile], [tile, tile, tile]], pad=2)
-    assert grid.shape == (2 * 10 + 2, 3 * 10 + 2, 3) and grid[0, 0].tolist() == [255, 255, 255]
-    curve = loss_curve_png({"G/l1": [(2, 1.0), (4, 0.5)], "D/loss": [(2, 1.4), (4, 1.3)]})
-    assert curve.ndim == 3 and curve.shape[2] == 3 and curve.shape[0] > 100
 
 
 @pytest.mark.slow
