@@ -21,6 +21,7 @@ import yaml
 
 from components.config import P4DConfig, dump_config
 from components.io.atomic import atomic_write_text
+from components.io.tracking import flatten_config  # the same dotted keys the MLflow params carry
 
 RUN_CONFIG_FILE = "config.yaml"
 MAX_NAMED_KEYS = 8  # keys a refusal names with their values; the rest are counted
@@ -40,18 +41,6 @@ def write_run_config(run_dir: str | Path, cfg: P4DConfig | Mapping[str, Any]) ->
     path = Path(run_dir) / RUN_CONFIG_FILE
     atomic_write_text(path, run_config_text(cfg))
     return path
-
-
-def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"section.field": value}``; lists and scalars are values, mappings are descended."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def config_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

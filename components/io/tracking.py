@@ -50,17 +50,23 @@ def tracking_uri(section) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or section.tracking_uri
 
 
-def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config dict -> {"a.b.c": "value"}; values longer than MLflow allows are cut with a marker."""
-    out: dict[str, str] = {}
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {"a.b.c": value}; lists and scalars are values, mappings are descended."""
+    out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(flatten_params(value, f"{name}."))
+            out.update(flatten_config(value, f"{name}."))
         else:
-            text = str(value)
-            out[name] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+            out[name] = value
     return out
+
+
+def flatten_params(data: Mapping[str, Any]) -> dict[str, str]:
+    """Nested config dict -> {"a.b.c": "value"}; values longer than MLflow allows are cut with a marker."""
+    texts = {name: str(value) for name, value in flatten_config(data).items()}
+    return {name: text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+            for name, text in texts.items()}
 
 
 def git_commit() -> str:
