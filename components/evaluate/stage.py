@@ -40,6 +40,7 @@ from components.evaluate.report import (
     write_json,
     write_per_item,
 )
+from components.io.run_config import write_run_config
 from components.io.tracking import TrackingRun, lineage_tags
 from components.assets.policy import refuse_synthetic_outside_tiny
 
@@ -265,6 +266,7 @@ def _write_and_track(cfg, animator, model: str, data: Path, out: Path, agg: Aggr
                                animator.synthetic_assets, cfg.profile)  # fmt: skip
         write_json(tmp / METRICS_FILE, doc)
         write_json(tmp / GATE_FILE, gate)
+        write_run_config(tmp, cfg)
         write_per_item(tmp / PER_ITEM_FILE, items, failures)
         rows = summary_rows(agg, outcomes, champion)
         (tmp / README_FILE).write_text(readme(agg, doc, rows, failures, len(items)))

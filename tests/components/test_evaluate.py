@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.config import build_config
+from components.config import build_config, load_params
 from components.config.evaluate import METRIC_NAMES
 from components.evaluate.samples import CLIP_FRAMES, CLIP_SIDE, write_test_clips
 from components.fit_flame.manifest import MANIFEST_NAME, ManifestRow, read_manifest, write_manifest
@@ -147,6 +147,7 @@ def test_samples_and_readme(evaluated):
     assert "| eval/self/psnr |" in text and "`eval/fid`: not computed: no Inception weights" in text
     assert "synthetic assets" in text
     assert not list(out.parent.glob(".evaluation.*"))  # no temporary folder left behind
+    assert load_params(out / "config.yaml") == load_params(evaluated["params"])  # the config the run used
 
 
 @pytest.mark.slow  # shares one evaluation run (~1 min on 2 cores with fit_flame)
