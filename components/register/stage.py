@@ -11,7 +11,8 @@ Order matters, so that a failure never leaves a half-registered version:
 4. alias ``challenger`` on a passing version (a failing one is registered, never aliased); with
    ``register.auto_approve`` a passing version becomes ``champion`` through the same approval as
    ``p4d review approve``;
-5. ``OUT/registration.json`` (``{"name", "version", "model_uri", "gate", "approved"}``), atomically, last.
+5. ``OUT/config.yaml`` (the run's resolved config), then ``OUT/registration.json`` (``{"name", "version",
+   "model_uri", "gate", "approved"}``), atomically, last.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.io.atomic import atomic_write_text
+from components.io.run_config import write_run_config
 from components.io.tracking import TrackingError, TrackingRun, git_commit, lineage_tags, tracking_uri
 from components.register.card import CardContext, model_card
 from components.register.evaluation import Evaluation, read_evaluation
@@ -234,6 +236,7 @@ def run(cfg, psi_dir: str | Path, evaluation_dir: str | Path, out_dir: str | Pat
             except RegistryError as err:
                 notes.append(f"auto-approve refused: {err}")
     result = Registration(name, version, f"models:/{name}/{version}", gate, approved, run_id, tuple(notes))
+    write_run_config(out, cfg)
     atomic_write_text(out / REGISTRATION_FILE, json.dumps(result.as_json(), indent=2) + "\n")
     return result
 

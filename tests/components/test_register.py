@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from components.config import load_params
 from components.register.evaluation import EvaluationError, GateRule, mlflow_key, read_evaluation
 from components.register.gate import apply_gate
 from pipelines.cli import main as p4d
@@ -237,6 +238,7 @@ def test_passing_candidate_carries_lineage_metrics_and_the_challenger_then_champ
     assert registration == {"name": name, "version": "1", "model_uri": f"models:/{name}/1", "gate": "passed",
                             "approved": False}
     assert (registered["root"] / "out-a" / "package" / "animator.json").is_file()
+    assert load_params(registered["root"] / "out-a" / "config.yaml") == registered["cfg"]  # the config it ran with
     mv = client.get_model_version(name, "1")
     tags = mv.tags
     assert tags["p4d_model"].startswith("portrait4d-mlops==") and tags["gate"] == "passed"
