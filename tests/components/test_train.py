@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from components.config import ConfigError, build_config
+from components.config import ConfigError, build_config, load_params
 from model.cameras import CameraDistribution, LabelLayout, sample_cameras
 
 MOTION_DIM = 100  # tiny PD-FGC motion size; Ψ's motion_dim must match it
@@ -160,6 +160,9 @@ def test_two_process_psi3d_run_writes_zero_checkpoints_and_the_model(psi3d_run):
     assert sorted(p.name for p in last.glob("rank-*.pt")) == ["rank-00000.pt", "rank-00001.pt"]
     assert json.loads((last / "trainer.json").read_text())["images_seen"] == 48
     assert (out / "model" / "psi3d.safetensors").is_file() and (out / "model" / "discriminator.safetensors").is_file()
+    # the run folder keeps the resolved config the run used (here: the --params file)
+    params = Path(psi3d_run["args"][psi3d_run["args"].index("--params") + 1])
+    assert load_params(out / "config.yaml") == load_params(params)
 
 
 @pytest.mark.slow
@@ -212,6 +215,7 @@ def test_two_process_psi_run_starts_from_psi3d_and_uses_the_frozen_teacher(psi3d
         assert (r["losses"]["G/cross_view"] > 0) == ((r["iteration"] - 1) % 2 == 0)
         assert r["losses"]["D/loss"] > 0
     assert (out / "model" / "psi.safetensors").is_file()
+    assert load_params(out / "config.yaml") == load_params(params)
 
 
 @pytest.mark.slow
@@ -318,6 +322,21 @@ def test_a_fresh_start_refuses_a_folder_that_holds_checkpoints(psi3d_run, world)
     proc = train(world["root"], 1, *psi3d_run["args"])
     assert proc.returncode != 0
     assert "already holds checkpoints" in proc.stderr and "--resume" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_with_a_changed_setting_names_it_and_overwrites_nothing(psi3d_run, world):
+    out, args = psi3d_run["out"], [*psi3d_run["args"]]
+    saved = load_params(out / "config.yaml")
+    changed = write_params(world["root"] / "psi3d-lr.yaml", {"deepspeed": {"zero_stage": 1},
+                                                             "checkpoints": {"keep_last": 3}, "psi3d": {"lr": 7.7e-4}})
+    args[args.index("--params") + 1] = str(changed)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = train(world["root"], 1, *args, "--resume")
+    assert proc.returncode != 0
+    assert (f"resume refused: these settings differ from the run in {out / 'checkpoints' / 'ckpt-000000000048'}: "
+            f"psi3d.lr ({saved.psi3d.lr} -> 0.00077); resume with the same params") in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # config.yaml included
 
 
 @pytest.mark.slow
