@@ -131,8 +131,8 @@ def test_kill_9_under_dvc_repro_then_repro_resumes_where_it_stopped(tmp_path, wo
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     refused = _dvc(root, "repro", "train_psi3d", env=env, timeout=600)
     assert refused.returncode != 0
-    assert "different configuration" in refused.stderr and "psi3d.lr: 0.0001 in the checkpoint, 0.0003 now" in \
-        refused.stderr
+    assert "resume refused: these settings differ from the run in" in refused.stderr
+    assert "psi3d.lr (0.0001 -> 0.0003)" in refused.stderr
 
 
 # ------------------------------------------------------------------------------------- Kubeflow retry
