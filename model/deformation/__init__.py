@@ -41,15 +41,23 @@ autograd through the vertices (for fitting / losses)::
 
 World units: FLAME x 3, neck joint of the canonical head (jaw 0.3 rad) at the origin (official).
 
-Speed: on CUDA the nearest-triangle search is torch.compile'd on first use (~20 s once; set
-P4D_DEFORMATION_EAGER=1 to stay eager). Far from the head the tabulated field is ill-conditioned
-(as the official one: a grid point equidistant from two distant triangles takes either one's
-map), so tiny mesh perturbations, or CPU vs CUDA, change it there; near the surface it is stable.
+Fidelity: the neck field and the part field equal the official definitions (float64 references in
+tests/model/test_field_fidelity.py, ≤ 3e-7 measured); docs/fidelity.md lists every departure. The
+official nearest-surface search is pytorch3d's point-face distance, which for the FLAME proxy's
+small triangles is the distance to the nearest EDGE, so every point ties between the triangles that
+share that edge (or vertex); the official pick is float32 rounding, ours the lowest face index
+(model.deformation.face_search). Where the tied triangles carry different maps (the neck seam, and
+far from the head) the official field itself is only defined up to that pick.
+
+Speed: on CUDA the nearest-face search is torch.compile'd on first use (~20 s once; set
+P4D_DEFORMATION_EAGER=1 to stay eager); the voxel centres and the proxy's edge table are built once.
+FLAME and the fields run in fp32 whatever the caller's autocast.
 """
 
 from model.deformation.camera_pose import decompose_camera_pose
 from model.deformation.config import DeformationConfig
 from model.deformation.deformer import HeadDeformation, PartDeformer
+from model.deformation.face_search import FaceEdges, NearestFace, face_edges, nearest_face
 from model.deformation.flame_head import FlameHead, HeadMesh
 from model.deformation.flame_parts import FlameParts, faces_within, part_labels, synthetic_flame_parts, vertex_regions
 from model.deformation.head_render import (
@@ -70,11 +78,13 @@ from model.deformation.surface_field import face_normals, surface_field_offsets
 __all__ = [
     "CorrespondenceMap",
     "DeformationConfig",
+    "FaceEdges",
     "FlameHead",
     "FlameParts",
     "Fragments",
     "HeadDeformation",
     "HeadMesh",
+    "NearestFace",
     "NearestTriangle",
     "NearestVertex",
     "NeckRotationField",
@@ -88,8 +98,10 @@ __all__ = [
     "correspondence_features",
     "decompose_camera_pose",
     "face_normals",
+    "face_edges",
     "faces_within",
     "interpolate",
+    "nearest_face",
     "nearest_triangle",
     "nearest_vertex",
     "part_deformation",

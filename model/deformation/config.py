@@ -30,6 +30,12 @@ class DeformationConfig(BaseModel):
     smooth_falloff: float = Field(
         1000.0, gt=0, description="w = exp(-falloff * relu(d^2 - threshold)) blends fine (w) and smooth (1-w) grids"
     )
+    min_triangle_area: float = Field(
+        5e-3,
+        ge=0,
+        description="pytorch3d point-face distance: smaller triangles count only by their edges "
+        "(official deform_utils.py _DEFAULT_MIN_TRIANGLE_AREA; every FLAME proxy triangle is smaller)",
+    )
 
     # --- GenHead part deformation ----------------------------------------------------------------
     eye_bbox_scale: float = Field(1.2, gt=0, description="eyeball bounding boxes are enlarged by this factor")
@@ -59,10 +65,10 @@ class DeformationConfig(BaseModel):
             )
         return self
 
-    # Bytes per pair of the eager searches: ~16 live float32 (B, p, F) tensors for point-triangle
-    # tests, one for the point-vertex matrix product and its argmin.
+    # Bytes per pair of the eager searches: ~8 live float64 (B, p, E) tensors for point-edge
+    # distances, one for the point-vertex matrix product and its argmin.
     @property
-    def triangle_search_pairs(self) -> int:
+    def face_search_pairs(self) -> int:
         return max(1, self.search_bytes // 64)
 
     @property

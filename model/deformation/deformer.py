@@ -16,6 +16,12 @@ from model.deformation.neck_field import NeckRotationField
 from model.deformation.part_deformation import PartDeformation, part_deformation
 
 
+def _fp32(device: torch.device) -> torch.autocast:
+    """Autocast off: FLAME and the fields are built in fp32 whatever the caller's autocast (under bf16
+    autocast FLAME's products would run in bf16 and move the neck field by ~3e-2, measured on an H200)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class HeadDeformation:
     """Target (posed) space -> canonical space for a batch of B heads, plus their mesh images.
 
@@ -37,19 +43,24 @@ class HeadDeformation:
     ) -> None:
         self.head = head
         self.cfg = head.config
-        with torch.no_grad():
-            # official FlameDeformationModuleOnlyHead: canonical = the same head with zero neck pose
-            no_neck = head(shape, expression, torch.zeros_like(neck_pose), jaw_pose, eye_pose).vertices
-            posed = head(shape, expression, neck_pose, jaw_pose, eye_pose).vertices
+        with torch.no_grad(), _fp32(shape.device):
+            # official FlameDeformationModuleOnlyHead: canonical = the same head with zero neck pose;
+            # both heads go through one FLAME call
+            bsz = neck_pose.shape[0]
+            twice = [torch.cat([x, x]) if x is not None else None for x in (shape, expression, jaw_pose, eye_pose)]
+            both = head(twice[0], twice[1], torch.cat([neck_pose, torch.zeros_like(neck_pose)]), *twice[2:]).vertices
+            posed, no_neck = both[:bsz], both[bsz:]
             # Rows with zero neck pose reuse the neck-free mesh, so their field is exactly zero.
             still = (neck_pose == 0).all(-1)[:, None, None]
             posed = torch.where(still, no_neck, posed)
-            if bool(still.all()):
-                # Synthesized data (neck pose zeroed) never needs the nearest-triangle tabulation.
+            if not posed.is_cuda and bool(still.all()):
+                # Synthesized data (neck pose zeroed) skips the tabulation; on CUDA the check would
+                # cost a host sync, and the tabulated field of such rows is exactly zero anyway.
                 self.neck = NeckRotationField.identity(posed.shape[0], self.cfg, posed)
             else:
+                proxies = head.proxy_vertices(torch.cat([posed, no_neck]))
                 self.neck = NeckRotationField.from_meshes(
-                    head.proxy_vertices(posed), head.proxy_vertices(no_neck), head.proxy_faces, self.cfg
+                    proxies[:bsz], proxies[bsz:], head.proxy_faces, self.cfg, head.proxy_edge_table
                 )
             self.posed = posed  # (B, V, 3) landmarks use it without the blink (official)
             self.posed_blink, self.part_target = posed, no_neck
@@ -77,21 +88,23 @@ class HeadDeformation:
         """(B, V, 3) the neck-free head without expression and eye pose: teeth follow the jaw (official)."""
         if self._mouth_target is None:
             shape, expression, jaw_pose = self._mouth_args
-            no_neck = torch.zeros_like(jaw_pose)
-            self._mouth_target = self.head(shape, torch.zeros_like(expression), no_neck, jaw_pose).vertices
+            with _fp32(shape.device):
+                no_neck = torch.zeros_like(jaw_pose)
+                self._mouth_target = self.head(shape, torch.zeros_like(expression), no_neck, jaw_pose).vertices
         return self._mouth_target
 
     @torch.no_grad()
     def parts(self, coords: torch.Tensor, mouth: bool = True) -> PartDeformation:
         """GenHead: neck rotation removed first (detached, as official), then the part-wise map."""
-        return part_deformation(
-            self.neck(coords),
-            self.part_target,
-            self.head.canonical_vertices[None],
-            self.head.part_sets,
-            self.cfg,
-            self.mouth_target() if mouth else None,
-        )
+        with _fp32(coords.device):
+            return part_deformation(
+                self.neck(coords),
+                self.part_target,
+                self.head.canonical_vertices[None],
+                self.head.part_sets,
+                self.cfg,
+                self.mouth_target() if mouth else None,
+            )
 
     def part_deformer(self) -> "PartDeformer":
         return PartDeformer(self)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from model.deformation.config import DeformationConfig
+from model.deformation.face_search import FaceEdges, face_edges
 from model.deformation.flame_parts import FlameParts, faces_within
 from model.deformation.part_deformation import PartVertexSets
 from model.deformation.proxy_mesh import ProxyMesh
@@ -54,6 +55,9 @@ class FlameHead(nn.Module):
         self.register_buffer("proxy_source_vertices", proxy.source_vertices.clone())  # (Vs, 3)
         self.register_buffer("proxy_source_weights", proxy.source_weights.float().clone())  # (Vs, 3)
         self.register_buffer("proxy_faces", proxy.faces.clone())  # (Fs, 3)
+        edges = face_edges(proxy.faces)  # the neck field's search table depends only on the faces
+        self.register_buffer("proxy_edges", edges.edges)  # (Es, 2)
+        self.register_buffer("proxy_edge_first_face", edges.first_face)  # (Es,)
         faces = flame.faces
         # Triangles of each rendered region (official get_face_tri), in FLAME vertex numbering.
         self.register_buffer("faces_correspondence", faces_within(parts.correspondence_region, faces, n))
@@ -109,6 +113,10 @@ class FlameHead(nn.Module):
     @property
     def faces(self) -> torch.Tensor:
         return self.flame.faces
+
+    @property
+    def proxy_edge_table(self) -> FaceEdges:
+        return FaceEdges(self.proxy_edges, self.proxy_edge_first_face)
 
     def proxy_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, Vs, 3) proxy vertices of full meshes (B, V, 3)."""
