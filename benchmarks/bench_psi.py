@@ -146,6 +146,30 @@ def bench_one(animator, source, batch: int, iters: int, warmup: int) -> dict:
     return row
 
 
+def breakdown(animator, source, batch: int, iters: int, warmup: int) -> dict[str, float]:
+    """ms per call of the parts of Ψ's render_frame: motion-conditioned triplanes, volume rendering (no neck
+    field) from cached planes, super-resolution."""
+    from dataclasses import replace
+
+    dev = animator.device
+    psi = animator.psi
+    motion, _, cams = driving_inputs(animator.motion_dim, batch)
+    motion_t, cam_t = torch.from_numpy(motion).to(dev), torch.from_numpy(cams).to(dev)
+    feats = animator._expand(source.features, batch)
+    res = animator.neural_rendering_resolution
+    with torch.no_grad(), animator._autocast():
+        planes = psi.planes(feats, motion_t)
+        cached = replace(feats, planes=planes)
+        raw = psi.render_frame(cached, motion_t, cam_t, res, super_resolve=False)
+        ws = psi.w_avg.reshape(1, 1, -1).expand(batch, 1, -1)
+        parts = {
+            "triplanes": lambda: psi.planes(feats, motion_t),
+            "volume rendering": lambda: psi.render_frame(cached, motion_t, cam_t, res, super_resolve=False),
+            "super-resolution": lambda: psi.superresolution(raw["image_raw"], raw["image_feature"], ws),
+        }
+        return {name: _timed(fn, dev, iters, warmup) * 1e3 for name, fn in parts.items()}
+
+
 def trace(animator, source, batch: int) -> None:
     """Top kernels (by device time) of one serving call."""
     from torch.profiler import ProfilerActivity, profile
@@ -176,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tf32", action="store_true", help="TF32 on for matmul and cuDNN (default: off)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning (default: off)")
     parser.add_argument("--trace", default=None, metavar="DTYPE:BATCH", help="print the top kernels of one call")
+    parser.add_argument("--breakdown", action="store_true", help="also time Ψ's parts (triplanes, rendering, SR)")
+    parser.add_argument("--compile-modules", action="store_true",
+                        help="torch.compile Ψ's per-frame modules (the engine's animate.compile option)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
     from components.animate import Animator
+    from components.config.animate import AnimateConfig
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -204,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|---|---|---|", flush=True)
         reference: dict[int, np.ndarray] = {}
         for dtype in args.dtypes.split(","):
-            animator = Animator.load(model, assets, str(device), dtype=DTYPES[dtype])
+            animator = Animator.load(model, assets, str(device), dtype=DTYPES[dtype],
+                                     options=AnimateConfig(compile=args.compile_modules))
             source = make_source(animator)
             for batch in batches:
                 if device.type == "cuda":
@@ -220,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['conditions_s'] * 1e3:.1f} | {row['network_s'] * 1e3:.1f} | "
                       f"{row['network_flops'] / row['network_s'] / 1e12:.1f} | {row['peak_gib']:.2f} | "
                       f"{quality:.1f} |", flush=True)
+            if args.breakdown:
+                for batch in batches:
+                    parts = breakdown(animator, source, batch, args.iters, args.warmup)
+                    print(f"  {dtype} batch {batch}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
+                    rows.append({"dtype": dtype, "batch": batch, "breakdown_ms": parts})
             if args.trace and args.trace.split(":")[0] == dtype:
                 trace(animator, source, int(args.trace.split(":")[1]))
             del animator, source

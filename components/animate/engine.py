@@ -219,6 +219,8 @@ class Animator:
             dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         if options is None:
             options = config.animate if config is not None and hasattr(config, "animate") else AnimateConfig()
+        if options.compile and dev.type == "cuda":
+            psi.compile_per_frame()
         return cls(psi, weights, settings, assets, dev, dtype, options)
 
     def save_package(self, out: str | Path) -> Path:

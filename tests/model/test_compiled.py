@@ -42,7 +42,8 @@ def test_eager_switch_keeps_cuda_eager(monkeypatch):
 @pytest.mark.parametrize("op", ["up", "down", "filter", "separable"])
 def test_fused_fir_matches_eager(monkeypatch, op, dtype):
     g = torch.Generator().manual_seed(0)
-    f = U.setup_filter([1, 3, 3, 1])
+    f = U.setup_filter([1, 3, 3, 1])  # 2-D (outer product), as the networks' resample filters
+    f1 = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8  # 1-D: the separable path
     inputs = [torch.randn(*shape, generator=g).to("cuda", dtype)  # several shapes: no recompile limit
               for shape in [(2, 16, 33, 40), (1, 64, 128, 128), (8, 4, 64, 64)]]
     results = []
@@ -54,9 +55,9 @@ def test_fused_fir_matches_eager(monkeypatch, op, dtype):
             elif op == "down":
                 y = U.downsample2d(x, f.cuda())
             elif op == "filter":
-                y = U.filter2d(x, torch.outer(f, f).cuda(), padding=1)
+                y = U.filter2d(x, f.cuda(), padding=1)
             else:
-                y = U.upfirdn2d(x, f.cuda(), up=2, down=1, padding=1)
+                y = U.upfirdn2d(x, f1.cuda(), up=1, down=2, padding=1)
             results.append((eager, y))
     half = len(results) // 2
     for (_, a), (_, b) in zip(results[:half], results[half:]):

@@ -244,6 +244,15 @@ class Psi(nn.Module):
         rgb, sigma = self.decoder(features)
         return {"rgb": rgb, "sigma": sigma, "triplane_feature": features.mean(1)}
 
+    def compile_per_frame(self) -> None:
+        """torch.compile (nn.Module.compile: in place, state-dict keys unchanged, dynamic shapes) the modules a
+        driving frame runs: the motion cross-attention blocks, the triplane decoder, the radiance decoder and the
+        super-resolution network. For long-running inference on CUDA; measured in docs/benchmarks.md."""
+        for block in self.encoder_canonical.trans_blocks_motion:
+            block.compile(dynamic=True)
+        for module in (self.generator_triplane, self.decoder, self.superresolution):
+            module.compile(dynamic=True)
+
     # ------------------------------------------------------------------ both
     def forward(
         self,
