@@ -29,7 +29,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench_animate.py` from a che
     sys.path.insert(0, str(ROOT))
 
 from components.config import PROFILES  # noqa: E402  (imports neither PyAV nor MediaPipe)
+from timing import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 RECORDING_FORMAT = 1
 FRAME_RECIPE = "astronaut-zoom-pan-v1"  # bump when _driving_frames changes: recordings are tied to the pixels
@@ -275,26 +275,6 @@ def write_psi(root: Path, profile: str) -> tuple[Path, int]:
 # -------------------------------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, repeats: int, warmup: int) -> tuple[float, object]:
-    """(median seconds over ``repeats`` calls after ``warmup`` untimed calls, the last result)."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def bench_precision(animator, source_image, frames, batches, repeats, warmup, replay, device) -> list[dict]:
     """All rows of one precision: alignment / motion pieces once, render and end-to-end per render batch."""
     from components.fit_flame.manifest import ItemFailure
@@ -316,15 +296,15 @@ def bench_precision(animator, source_image, frames, batches, repeats, warmup, re
         use("frames")
         return animator.driving_motion(frames)
 
-    t_source, src = _timed(source, device, repeats, warmup)
-    t_align, aligned = _timed(align, device, repeats, warmup)
+    t_source, src = timed(source, device, repeats, warmup)
+    t_align, aligned = timed(align, device, repeats, warmup)
     good = [a for a in aligned if not isinstance(a, ItemFailure)]
     if not good:
         raise RuntimeError("no face in any driving frame")
     crops, crop_landmarks = np.stack([a.crop for a in good]), np.stack([a.landmarks for a in good])
-    t_fit, _ = _timed(lambda: animator._fit(crop_landmarks, shared_shape=True), device, repeats, warmup)
-    t_pdfgc, _ = _timed(lambda: animator._motion(crops, crop_landmarks), device, repeats, warmup)
-    t_drive, motion = _timed(drive, device, repeats, warmup)
+    t_fit, _ = timed(lambda: animator._fit(crop_landmarks, shared_shape=True), device, repeats, warmup)
+    t_pdfgc, _ = timed(lambda: animator._motion(crops, crop_landmarks), device, repeats, warmup)
+    t_drive, motion = timed(drive, device, repeats, warmup)
     common = {
         "frames": n, "frames_with_face": len(good), "frames_valid": int(motion.valid.sum()),
         "source_ms": t_source * 1e3,
@@ -338,14 +318,14 @@ def bench_precision(animator, source_image, frames, batches, repeats, warmup, re
     for batch in batches:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t_render, out = _timed(lambda: animator.render(src, motion, batch=batch), device, repeats, warmup)
+        t_render, out = timed(lambda: animator.render(src, motion, batch=batch), device, repeats, warmup)
         assert out.shape == (n, animator.image_size, animator.image_size, 3), out.shape
 
         def end_to_end():
             s = source()
             return animator.render(s, drive(), batch=batch)
 
-        t_e2e, _ = _timed(end_to_end, device, repeats, warmup)
+        t_e2e, _ = timed(end_to_end, device, repeats, warmup)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         rows.append({**common, "batch": batch, "render_ms_per_frame": t_render / n * 1e3,
                      "end_to_end_s": t_e2e, "end_to_end_frames_per_s": n / t_e2e,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -53,29 +52,11 @@ from model.deformation import (  # noqa: E402
     synthetic_flame_parts,
 )
 from model.flame import FlameLayer, synthetic_flame_arrays  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 LOOKUP_POINTS = 128 * 128 * 96  # Ψ: neural 128², 48 coarse + 48 fine samples per ray
 PART_POINTS = 64 * 64 * 96  # GenHead synthesis: neural 64², 48 + 48 samples per ray
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, iters: int, warmup: int) -> float:
-    """Median seconds of one call over ``iters`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _head(device: torch.device) -> FlameHead:
@@ -117,9 +98,9 @@ def measure(device: torch.device, precision: str, batches: list[int], iters: int
             with _autocast(device, dtype):
                 deform = HeadDeformation(head, **params)
                 moved = (deform(coords).float() - ref_lookup).abs().max().item()
-                build = _timed(lambda: HeadDeformation(head, **params), device, iters, warmup)
-                lookup = _timed(lambda: deform(coords), device, iters, warmup)
-                parts = _timed(lambda: deform.parts(part_coords), device, max(1, iters // 4), min(warmup, 1))
+                build = timed(lambda: HeadDeformation(head, **params), device, iters, warmup)[0]
+                lookup = timed(lambda: deform(coords), device, iters, warmup)[0]
+                parts = timed(lambda: deform.parts(part_coords), device, max(1, iters // 4), min(warmup, 1))[0]
         rows.append(dict(batch=batch, build_ms=build * 1e3, lookup_ms=lookup * 1e3, parts_ms=parts * 1e3,
                          max_delta_vs_fp32=moved))
     return rows

@@ -31,10 +31,8 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,30 +45,12 @@ for path in (HERE.parent, HERE):  # run as a script from a checkout that is not 
         sys.path.insert(0, str(path))
 
 from bench_animate import write_assets, write_psi  # noqa: E402  (the same synthetic bundle + random Ψ)
+from timing import sync, timed  # noqa: E402
 from components.config import PROFILES  # noqa: E402
 from model.cameras import CameraDistribution, LabelLayout, sample_cameras  # noqa: E402
 
 LANDMARKS = HERE / "data" / "animate_landmarks_512.npz"  # the astronaut's MediaPipe points (embedding only)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, iters: int, warmup: int) -> float:
-    """Median seconds of one call over ``iters`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _flops(fn) -> float:
@@ -135,9 +115,9 @@ def bench_one(animator, source, batch: int, iters: int, warmup: int) -> dict:
     with torch.no_grad():
         row = {
             "batch": batch,
-            "serve_s": _timed(serve, dev, iters, warmup),
-            "conditions_s": _timed(conditions, dev, iters, warmup),
-            "network_s": _timed(network, dev, iters, warmup),
+            "serve_s": timed(serve, dev, iters, warmup)[0],
+            "conditions_s": timed(conditions, dev, iters, warmup)[0],
+            "network_s": timed(network, dev, iters, warmup)[0],
             "network_flops": _flops(network),
         }
     row["images_per_s"] = batch / row["serve_s"]
@@ -167,7 +147,7 @@ def breakdown(animator, source, batch: int, iters: int, warmup: int) -> dict[str
             "volume rendering": lambda: psi.render_frame(cached, motion_t, cam_t, res, super_resolve=False),
             "super-resolution": lambda: psi.superresolution(raw["image_raw"], raw["image_feature"], ws),
         }
-        return {name: _timed(fn, dev, iters, warmup) * 1e3 for name, fn in parts.items()}
+        return {name: timed(fn, dev, iters, warmup)[0] * 1e3 for name, fn in parts.items()}
 
 
 def trace(animator, source, batch: int) -> None:
@@ -177,12 +157,12 @@ def trace(animator, source, batch: int) -> None:
     motion, labels, cams = driving_inputs(animator.motion_dim, batch)
     for _ in range(2):
         animator.render_conditions(source, motion, labels, cams)
-    _sync(animator.device)
+    sync(animator.device)
     cuda = animator.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True) as prof:
         animator.render_conditions(source, motion, labels, cams)
-        _sync(animator.device)
+        sync(animator.device)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=20, max_name_column_width=50,
