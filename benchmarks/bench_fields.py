@@ -9,7 +9,9 @@ What is timed (model.deformation.HeadDeformation, the paper's grid sizes 24³ + 
 - ``neck lookup``: the field at the Ψ render's sample points of one frame (neural 128², 48 + 48 samples
   per ray: 1.57 M points; fine + smooth grids, distances, fade);
 - ``part field``: GenHead's part deformation (eyes, face, mouth; neck field first) at one synthesis
-  view's sample points (neural 64², 96 samples per ray: 393 K points).
+  view's sample points (neural 64², 96 samples per ray: 393 K points). Its three nearest-vertex searches
+  run model.deformation.nearest's float32 candidate pass (compiled on CUDA, eager otherwise) + float64
+  rank (the heading says which; ``--before-src`` with a tree before that change times its float64 search).
 Median of ``--iters`` calls after ``--warmup`` (the first CUDA call compiles the face search; warm-up
 hides that). ``--precision bf16`` runs every call under bf16 autocast, as the serving path does; the
 fields stay in fp32 there (the column "max |Δ| vs fp32" says by how much the outputs moved).
@@ -111,8 +113,18 @@ def _flags(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         return (f"{name}, torch {torch.__version__}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
                 f"cudnn.benchmark {torch.backends.cudnn.benchmark}, "
-                f"face search {'eager' if os.environ.get('P4D_DEFORMATION_EAGER') == '1' else 'torch.compile'}")
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}, eager"
+                f"face search {'eager' if os.environ.get('P4D_DEFORMATION_EAGER') == '1' else 'torch.compile'}, "
+                f"{_vertex_search(device)}")
+    return (f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}, eager, "
+            f"{_vertex_search(device)}")
+
+
+def _vertex_search(device: torch.device) -> str:
+    """Which nearest-vertex search the part-field row ran."""
+    from model.deformation import nearest  # here, not at the top: a --before-src child's model may lack it
+
+    mode = "eager" if device.type != "cuda" or os.environ.get("P4D_EAGER") == "1" else "torch.compile"
+    return f"part-field vertex search: float32 top-{nearest.VERTEX_CANDIDATES} ({mode}) + float64 rank"
 
 
 def _print(label: str, precision: str, rows: list[dict]) -> None:
