@@ -53,6 +53,7 @@ from model.deformation import (  # noqa: E402
     part_labels,
     synthetic_flame_parts,
 )
+from model.compiled import compiling  # noqa: E402
 from model.flame import FlameLayer, synthetic_flame_arrays  # noqa: E402
 from timing import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
@@ -113,7 +114,7 @@ def _flags(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         return (f"{name}, torch {torch.__version__}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
                 f"cudnn.benchmark {torch.backends.cudnn.benchmark}, "
-                f"face search {'eager' if os.environ.get('P4D_DEFORMATION_EAGER') == '1' else 'torch.compile'}, "
+                f"face search {'torch.compile' if compiling(device) else 'eager'}, "
                 f"{_vertex_search(device)}")
     return (f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}, eager, "
             f"{_vertex_search(device)}")

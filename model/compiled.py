@@ -40,12 +40,20 @@ def eager_only() -> bool:
     return os.environ.get(EAGER_ENV) == "1"
 
 
+def compiling(device: torch.device | str) -> bool:
+    """Whether work on ``device`` runs compiled: CUDA, unless P4D_EAGER=1."""
+    return torch.device(device).type == "cuda" and not eager_only()
+
+
+def compiled(fn: F) -> F:
+    """``fn`` compiled (once per function, dynamic shapes), whatever the device; callers decide with ``compiling``."""
+    result = _COMPILED.get(fn)
+    if result is None:
+        _raise_recompile_limit()
+        result = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return result  # type: ignore[return-value]
+
+
 def on_cuda(fn: F, like: torch.Tensor) -> F:
     """``fn`` compiled when ``like`` lives on a CUDA device (and P4D_EAGER is not set), else ``fn`` itself."""
-    if not like.is_cuda or eager_only():
-        return fn
-    compiled = _COMPILED.get(fn)
-    if compiled is None:
-        _raise_recompile_limit()
-        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return compiled  # type: ignore[return-value]
+    return compiled(fn) if compiling(like.device) else fn

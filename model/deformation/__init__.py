@@ -50,7 +50,7 @@ share that edge (or vertex); the official pick is float32 rounding, ours the low
 far from the head) the official field itself is only defined up to that pick.
 
 Speed: on CUDA the nearest-face search is torch.compile'd on first use (~20 s once; set
-P4D_DEFORMATION_EAGER=1 to stay eager); the voxel centres and the proxy's edge table are built once.
+P4D_EAGER=1 to stay eager); the voxel centres and the proxy's edge table are built once.
 FLAME and the fields run in fp32 whatever the caller's autocast.
 """
 

@@ -23,11 +23,11 @@ the distance differences between neighbouring edges near the surface).
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple
 
 import torch
 
+from model.compiled import compiled, compiling
 from model.deformation.nearest import _check
 
 # pytorch3d geometry_utils kEpsilon: edges with |e|² below it are points; normals need |n| above it.
@@ -171,17 +171,10 @@ def _chunk_search(
     return best, face
 
 
-_COMPILED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
-
-
 def _compiled_search(device: torch.device) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     """The chunk search compiled for CUDA (inductor fuses the pointwise distances with the two
-    reductions; the first call compiles for ~20 s), or None: on CPU, or with P4D_DEFORMATION_EAGER=1."""
-    if device.type != "cuda" or os.environ.get("P4D_DEFORMATION_EAGER") == "1":
-        return None
-    if "face" not in _COMPILED:
-        _COMPILED["face"] = torch.compile(_chunk_search, dynamic=True)
-    return _COMPILED["face"]
+    reductions; the first call compiles for ~20 s), or None: on CPU, or with P4D_EAGER=1 (model.compiled)."""
+    return compiled(_chunk_search) if compiling(device) else None
 
 
 def nearest_face(

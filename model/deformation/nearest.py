@@ -14,7 +14,6 @@ bound are searched again in float64 over all vertices (see ``_certified``).
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -136,11 +135,7 @@ def _argmin_triangle(points: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
     return (_blend(closest_point_barycentric(p, t), t) - p).square().sum(-1).argmin(-1)
 
 
-_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
-
-
 def _search(
-    name: str,
     fn: Callable[..., torch.Tensor],
     points: torch.Tensor,
     other: torch.Tensor,
@@ -151,12 +146,10 @@ def _search(
 
     With ``compile_on_cuda`` the CUDA search is compiled (once, dynamic shapes): inductor fuses
     the ~60 elementwise steps of the point-triangle test with the argmin, 8x faster on an H200
-    (the first call compiles for ~20 s). Set P4D_DEFORMATION_EAGER=1 to keep it eager.
+    (the first call compiles for ~20 s). P4D_EAGER=1 keeps it eager (model.compiled).
     """
-    if compile_on_cuda and points.is_cuda and os.environ.get("P4D_DEFORMATION_EAGER") != "1":
-        if name not in _COMPILED:
-            _COMPILED[name] = torch.compile(fn, dynamic=True)
-        fn = _COMPILED[name]
+    if compile_on_cuda:
+        fn = on_cuda(fn, points)
     bsz, n_other = points.shape[0], other.shape[1]
     step = max(1, max_pairs // max(1, bsz * n_other))
     return torch.cat([fn(points[:, s : s + step], other) for s in range(0, points.shape[1], step)], dim=1)
@@ -171,7 +164,7 @@ def nearest_triangle(
         raise ValueError(f"faces must be a non-empty (F, 3) index tensor, got {tuple(faces.shape)}")
     faces = faces.long()
     with torch.no_grad():
-        face = _search("triangle", _argmin_triangle, points.detach(), verts.detach()[:, faces], max_pairs, True)
+        face = _search(_argmin_triangle, points.detach(), verts.detach()[:, faces], max_pairs, True)
     chosen = _gather_tris(verts, faces, face)  # (B, P, 3, 3) with autograd
     closest = _blend(closest_point_barycentric(points, chosen), chosen)
     dist_sq = (closest - points).square().sum(-1)
