@@ -475,6 +475,46 @@ class Animator:
         return replace(source, neutral_tokens=grow(source.neutral_tokens), detail=grow(source.detail),
                        background=grow(source.background), planes=grow(source.planes), motion_scale=scale)
 
+    @staticmethod
+    def _stack(sources: Sequence[SourceFeatures], rows: Sequence[int]) -> SourceFeatures:
+        """Batch-1 encodings of K sources -> one batch whose row i is ``sources[rows[i]]`` (a Triton batch holds
+        requests of different people). Each source's tensors are copied once per row that uses it; no re-encoding."""
+        first = sources[0]
+        if any(s.batch_size != 1 or s.token_grid != first.token_grid for s in sources):
+            raise AnimateError("render: sources to stack must be single encodings of one network "
+                               f"(batch sizes {[s.batch_size for s in sources]}, grids "
+                               f"{sorted({s.token_grid for s in sources})})")
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=first.neutral_tokens.device)
+
+        def pick(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            if parts[0] is None:  # no background / no static planes: None for every source of one network
+                return None
+            return torch.cat(parts).index_select(0, index)
+
+        scales = [s.motion_scale for s in sources]
+        if not any(isinstance(s, torch.Tensor) for s in scales) and len(set(scales)) == 1:
+            scale = scales[0]  # one float for all (Ψ's encode_source default): stays a float
+        else:  # per-row (B, 1, 1) factors, as Psi._per_sample shapes them
+            dtype = next((s.dtype for s in scales if isinstance(s, torch.Tensor)), torch.float32)
+            scale = pick([torch.as_tensor(s, dtype=dtype, device=index.device).reshape(1, 1, 1) for s in scales])
+        return replace(first, neutral_tokens=pick([s.neutral_tokens for s in sources]),
+                       detail=pick([s.detail for s in sources]), background=pick([s.background for s in sources]),
+                       planes=pick([s.planes for s in sources]), motion_scale=scale)
+
+    def _row_features(self, source: Source | Sequence[Source], b: int) -> SourceFeatures:
+        """The encoding of every one of ``b`` rows: one Source for all rows, or one Source per row."""
+        if isinstance(source, Source):
+            return self._expand(source.features, b)
+        if len(source) != b:
+            raise AnimateError(f"render: {len(source)} sources for {b} rows; give one source per row")
+        distinct: dict[int, Source] = {}  # by identity: rows of one Source object share its encoding
+        for s in source:
+            distinct.setdefault(id(s), s)
+        if len(distinct) == 1:  # one person: the batch-1 encoding broadcast, as for a single Source
+            return self._expand(source[0].features, b)
+        slot = {key: i for i, key in enumerate(distinct)}
+        return self._stack([s.features for s in distinct.values()], [slot[id(s)] for s in source])
+
     @torch.no_grad()
     def render(self, source: Source, motion: Motion, camera: CameraMode = "driving", neck: NeckMode = "driving",
                yaw: float | None = None, pitch: float | None = None, batch: int | None = None,
@@ -493,15 +533,18 @@ class Animator:
         return np.concatenate(out)
 
     @torch.no_grad()
-    def render_conditions(self, source: Source, motion: np.ndarray, labels: np.ndarray,
+    def render_conditions(self, source: Source | Sequence[Source], motion: np.ndarray, labels: np.ndarray,
                           cameras: np.ndarray) -> np.ndarray:
         """One network call: (b, motion_dim) motion, (b, 437) labels (neck pose drives the rotation field),
-        (b, 25) render cameras -> (b, S, S, 3) uint8."""
+        (b, 25) render cameras -> (b, S, S, 3) uint8. ``source``: one Source for every row, or a sequence of b
+        Sources (one per row; rows of the same Source object share its encoding) to render several people at once.
+        The labels carry each row's identity (FLAME shape); ``frame_conditions`` of the row's own source sets it."""
         b = len(motion)
         dev = self.device
+        features = self._row_features(source, b)
         label_t = torch.from_numpy(labels).float().to(dev)
         cond = self.conditioner(label_t, camera=torch.from_numpy(cameras).float().to(dev), images=False)
         with self._autocast():
-            result = self.psi.render_frame(self._expand(source.features, b), torch.from_numpy(motion).float().to(dev),
+            result = self.psi.render_frame(features, torch.from_numpy(motion).float().to(dev),
                                            cond.c_render, self.neural_rendering_resolution, cond.deform_fn)
         return to_uint8(result["image"])
