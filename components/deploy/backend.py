@@ -14,7 +14,9 @@ does not tell a Python model that a sequence timed out). ``SOURCE_ENCODINGS`` in
 
 Stateless model: an app that sends the same photo with every frame would pay the source encoding every
 time, so each instance keeps the encodings of its last few sources (an LRU keyed by the decoded pixels,
-size ``source_cache_size``; 0 turns it off).
+size ``source_cache_size``; 0 turns it off). The dynamic batcher hands ``execute`` requests of different
+sources; their frames are rendered together, one Animator network call per ``max_batch_size`` rows (the
+``p4d_network_calls_total`` metric counts the calls), so batching buys throughput across users too.
 
 Errors: any problem with one request becomes a ``TritonError`` response for that request naming the
 input and the problem; other requests of the same batch are served and the model stays up.
@@ -59,6 +61,7 @@ from components.deploy.model_config import (
 
 PACKAGE_DIR = "package"  # inside each version folder: the Animator package (Animator.save_package)
 ENCODINGS_METRIC = "p4d_source_encodings_total"
+NETWORK_CALLS_METRIC = "p4d_network_calls_total"
 log = logging.getLogger("p4d.triton")
 
 
@@ -81,22 +84,55 @@ def torch_dtype(name: str | None):
     return {"": None, None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def render_frame(animator, source, request: Request, row: int) -> np.ndarray:
-    """(S, S, 3) uint8: ``source`` driven by row ``row`` of the request (driving frame or motion vector),
-    rendered from the request's CAMERA when given, else from the driving frame's own camera."""
+@dataclass
+class Frame:
+    """One frame to render: a row of ``Animator.render_conditions`` (arrays with a leading 1)."""
+
+    source: object  # components.animate.Source
+    motion: np.ndarray  # (1, motion_dim) float32
+    labels: np.ndarray  # (1, 437) float32: the source's identity with the frame's expression and pose
+    camera: np.ndarray  # (1, 25) float32 render camera
+
+
+def request_frame(animator, source, request: Request, row: int) -> Frame:
+    """``source`` driven by row ``row`` of the request (driving frame or motion vector), seen from the
+    request's CAMERA when given, else from the driving frame's own camera."""
     camera = request.camera[row:row + 1] if request.camera is not None else None
     if request.motion is not None:
         motion = animator.motion_from_vectors(request.motion[row:row + 1], camera, source=source)
-        return animator.render(source, motion)[0]
-    motion = animator.driving_motion([request.driving[row]], smooth=False)
-    return render_motion(animator, source, motion, camera)
+        return motion_frame(animator, source, motion, None)  # the camera is in the motion's labels already
+    return motion_frame(animator, source, animator.driving_motion([request.driving[row]], smooth=False), camera)
+
+
+def motion_frame(animator, source, motion, camera: np.ndarray | None) -> Frame:
+    labels, cameras = animator.frame_conditions(source, motion)
+    return Frame(source, motion.motion, labels, cameras if camera is None else camera)
+
+
+def render_frames(animator, frames: list[Frame]) -> np.ndarray:
+    """(len(frames), S, S, 3) uint8 in ONE network call, whatever sources the frames have."""
+    return animator.render_conditions([f.source for f in frames], np.concatenate([f.motion for f in frames]),
+                                      np.concatenate([f.labels for f in frames]),
+                                      np.concatenate([f.camera for f in frames]))
 
 
 def render_motion(animator, source, motion, camera: np.ndarray | None) -> np.ndarray:
-    if camera is None:
-        return animator.render(source, motion)[0]
-    labels, _ = animator.frame_conditions(source, motion)
-    return animator.render_conditions(source, motion.motion, labels, camera)[0]
+    """(S, S, 3) uint8: ``source`` driven by a one-frame Motion (the rollout's smoke reference)."""
+    return render_frames(animator, [motion_frame(animator, source, motion, camera)])[0]
+
+
+def pack_rows(requests: list[tuple[int, list]], max_rows: int) -> list[list[tuple[int, list]]]:
+    """Requests (index, rows) in order, grouped so that no group exceeds ``max_rows`` rows and no request is
+    split across groups (Triton keeps each request within max_batch_size itself)."""
+    groups: list[list[tuple[int, list]]] = []
+    size = max_rows
+    for item in requests:
+        if size + len(item[1]) > max_rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item[1])
+    return groups
 
 
 class TritonPythonModel:
@@ -127,16 +163,21 @@ class TritonPythonModel:
         self.sessions: dict[int, Session] = {}
         self.source_cache_size = int(_parameter(config, SOURCE_CACHE_PARAMETER))
         self.source_cache: OrderedDict[str, object] = OrderedDict()
-        self.encodings = self._encodings_metric(args)
+        self.max_batch = max(int(config.get("max_batch_size", 0)), 1)  # rows per network call
+        self._metric_families = []  # must outlive their metrics (the backend deletes a metric whose family is gone)
+        labels = {"model": self.name, "version": str(args["model_version"])}
+        self.encodings = self._counter(ENCODINGS_METRIC, "source portraits encoded (Ψ appearance encoders run); a "
+                                       "video session pays one", labels)
+        self.network_calls = self._counter(NETWORK_CALLS_METRIC, "Animator render calls (one per batch of frames, "
+                                           "whatever their sources); fewer than requests when Triton batched them",
+                                           labels)
         log.warning("%s version %s instance %s: Animator from %s on %s", self.name, args["model_version"],
                     args.get("model_instance_name"), package, device)
 
-    def _encodings_metric(self, args: dict):
-        # the family must outlive its metrics (the backend deletes a metric whose family is gone)
-        self._metric_family = self.pb.MetricFamily(
-            name=ENCODINGS_METRIC, description="source portraits encoded (Ψ appearance encoders run); a video "
-            "session pays one", kind=self.pb.MetricFamily.COUNTER)
-        return self._metric_family.Metric(labels={"model": self.name, "version": str(args["model_version"])})
+    def _counter(self, name: str, description: str, labels: dict):
+        family = self.pb.MetricFamily(name=name, description=description, kind=self.pb.MetricFamily.COUNTER)
+        self._metric_families.append(family)
+        return family.Metric(labels=labels)
 
     # -------------------------------------------------------------------------------------- requests
     def _inputs(self, request):
@@ -169,20 +210,18 @@ class TritonPythonModel:
                 self.source_cache.popitem(last=False)
         return source
 
-    def _stateless(self, request) -> list:
+    def _stateless(self, request) -> list[Frame]:
+        """The frames one stateless request asks for: validated, its sources encoded (or from the cache)."""
         parsed = parse_request(self._inputs(request), self.limits, need_source=True, need_frame=True)
-        frames = []
-        for row in range(parsed.batch):
-            source = self._cached_source(parsed.sources[row])
-            frames.append(self._frame(source, parsed, row, hold=None))
-        return [self.pb.Tensor(IMAGE, np.stack(frames))]
+        return [self._frame(self._cached_source(parsed.sources[row]), parsed, row, hold=None)
+                for row in range(parsed.batch)]
 
-    def _frame(self, source, parsed: Request, row: int, hold: Session | None) -> np.ndarray:
+    def _frame(self, source, parsed: Request, row: int, hold: Session | None) -> Frame:
         from components.animate import AnimateError, NoFaceError
 
         try:
             if hold is None or parsed.motion is not None:
-                return render_frame(self.animator, source, parsed, row)
+                return request_frame(self.animator, source, parsed, row)
             try:
                 motion = self.animator.driving_motion([parsed.driving[row]], smooth=False)
                 hold.last_motion = motion
@@ -191,10 +230,19 @@ class TritonPythonModel:
                     raise
                 motion = hold.last_motion  # a frame without a face holds the session's last good motion
             camera = parsed.camera[row:row + 1] if parsed.camera is not None else None
-            return render_motion(self.animator, source, motion, camera)
+            return motion_frame(self.animator, source, motion, camera)
         except NoFaceError as err:
             name = DRIVING if parsed.driving is not None else MOTION
             raise RequestError(f"{name}: no face found in the driving frame ({err})") from None
+        except AnimateError as err:
+            raise RequestError(str(err)) from None
+
+    def _render(self, frames: list[Frame]) -> np.ndarray:
+        from components.animate import AnimateError
+
+        self.network_calls.increment(1)
+        try:
+            return render_frames(self.animator, frames)
         except AnimateError as err:
             raise RequestError(str(err)) from None
 
@@ -218,7 +266,7 @@ class TritonPythonModel:
         session.last_seen = now
         try:
             if parsed.has_frame:
-                image = self._frame(session.source, parsed, 0, hold=session)
+                image = self._render([self._frame(session.source, parsed, 0, hold=session)])[0]
             else:
                 image = session.source.crop  # START without a frame answers with the aligned source
         finally:
@@ -233,22 +281,58 @@ class TritonPythonModel:
             log.warning("%s: session %d expired after %.0f s idle, source cache freed", self.name, corrid,
                         self.idle_timeout_s)
 
+    def _error(self, err: Exception):
+        if isinstance(err, RequestError):  # the client's fault: HTTP 400 / gRPC INVALID_ARGUMENT
+            return self.pb.InferenceResponse(error=self.pb.TritonError(str(err), self.pb.TritonError.INVALID_ARG))
+        # a bug or a device fault for ONE request: answer it, keep serving the others
+        log.error("%s: request failed", self.name, exc_info=err)
+        return self.pb.InferenceResponse(error=self.pb.TritonError(f"internal error: {type(err).__name__}: {err}"))
+
+    def _answer(self, batch: list[tuple[int, list[Frame]]], responses: list) -> None:
+        """Render the frames of ``batch`` (request index, its frames) in one call and answer each request. When
+        the call fails, the requests are retried one by one, so only the one at fault gets the error."""
+        try:
+            images = self._render([f for _, frames in batch for f in frames])
+        except Exception as err:  # noqa: BLE001 - answered per request below
+            if len(batch) == 1:
+                responses[batch[0][0]] = self._error(err)
+                return
+            log.warning("%s: a batch of %d requests failed to render (%s); rendering them one by one", self.name,
+                        len(batch), err)
+            for item in batch:
+                self._answer([item], responses)
+            return
+        row = 0
+        for index, frames in batch:
+            responses[index] = self.pb.InferenceResponse(
+                output_tensors=[self.pb.Tensor(IMAGE, images[row:row + len(frames)])])
+            row += len(frames)
+
+    def _execute_stateless(self, requests: list) -> list:
+        """All requests of Triton's dynamic batch, whatever their sources, rendered together: one network call
+        per ``max_batch_size`` rows. A request that cannot be prepared is answered with its error alone."""
+        responses: list = [None] * len(requests)
+        prepared: list[tuple[int, list[Frame]]] = []
+        for index, request in enumerate(requests):
+            try:
+                prepared.append((index, self._stateless(request)))
+            except Exception as err:  # noqa: BLE001 - answered per request
+                responses[index] = self._error(err)
+        for batch in pack_rows(prepared, self.max_batch):
+            self._answer(batch, responses)
+        return responses
+
     def execute(self, requests: list) -> list:
+        if not self.session_mode:
+            return self._execute_stateless(requests)
         now = time.monotonic()
-        if self.session_mode:
-            self._expire(now)
+        self._expire(now)
         responses = []
         for request in requests:
             try:
-                tensors = self._session(request, now) if self.session_mode else self._stateless(request)
-                responses.append(self.pb.InferenceResponse(output_tensors=tensors))
-            except RequestError as err:  # the client's fault: HTTP 400 / gRPC INVALID_ARGUMENT
-                responses.append(self.pb.InferenceResponse(
-                    error=self.pb.TritonError(str(err), self.pb.TritonError.INVALID_ARG)))
-            except Exception as err:  # a bug or a device fault for ONE request: answer it, keep serving the others
-                log.exception("%s: request failed", self.name)
-                responses.append(self.pb.InferenceResponse(
-                    error=self.pb.TritonError(f"internal error: {type(err).__name__}: {err}")))
+                responses.append(self.pb.InferenceResponse(output_tensors=self._session(request, now)))
+            except Exception as err:  # noqa: BLE001 - answered per request
+                responses.append(self._error(err))
         return responses
 
     def finalize(self) -> None:

@@ -73,6 +73,8 @@ def model_config(cfg: DeployConfig, image_size: int, motion_dim: int, session: b
             ],
         ))
     else:
+        # Requests of different users (different sources) grouped here are rendered in one Animator call
+        # (backend.py), up to max_batch_size rows; the queue delay is how long a request waits for company.
         config.dynamic_batching.CopyFrom(pb.ModelDynamicBatching(
             max_queue_delay_microseconds=cfg.max_queue_delay_us,
         ))

@@ -227,6 +227,111 @@ def test_malformed_requests_are_refused_with_their_reason(served, photos, animat
     assert out[IMAGE].shape == (64, 64, 3)
 
 
+# ------------------------------------------------------------------------- batching across sources
+@pytest.fixture(scope="module")
+def people(animator, photos):
+    """Three different source photos (the astronaut, mirrored, darkened) with the Animator's encodings."""
+    images = [photos["source"], photos["driving"], (photos["source"] * 0.6).astype(np.uint8)]
+    encoded = [photos["encoded"], animator.prepare_source(images[1]), animator.prepare_source(images[2])]
+    return {"images": images, "png": [encode_png(i) for i in images], "encoded": encoded}
+
+
+def _alone(animator, source, motion: np.ndarray) -> np.ndarray:
+    """(S, S, 3): one row rendered by itself (batch 1), the way a request of its own is."""
+    return animator.render(source, animator.motion_from_vectors(motion[None], source=source))[0]
+
+
+def test_one_call_renders_rows_of_different_sources_as_each_alone(animator, people):
+    rows = [0, 1, 0, 2, 1, 2]  # which source each row shows; K=3 sources, N=6 rows, repeats share an encoding
+    motion = _motion(animator, len(rows), seed=7)
+    sources = [people["encoded"][k] for k in rows]
+    conditions = [animator.frame_conditions(s, animator.motion_from_vectors(m[None], source=s))
+                  for s, m in zip(sources, motion)]
+    together = animator.render_conditions(sources, motion, np.concatenate([c[0] for c in conditions]),
+                                          np.concatenate([c[1] for c in conditions]))
+    alone = [_alone(animator, s, m) for s, m in zip(sources, motion)]
+    for got, want in zip(together, alone, strict=True):
+        _within_one(got, want)
+    # the sources render differently, so a row given another row's encoding would fail the check above
+    other = _alone(animator, people["encoded"][1], motion[0])
+    assert int(np.abs(other.astype(np.int16) - alone[0].astype(np.int16)).max()) > 1
+
+
+def test_stacked_encodings_keep_per_source_motion_scale():
+    from dataclasses import replace
+
+    import torch
+
+    from components.animate import Animator, AnimateError
+    from model.networks.psi import SourceFeatures
+
+    def features(value: float, scale) -> SourceFeatures:
+        return SourceFeatures(torch.full((1, 4, 2), value), (2, 2), torch.full((1, 3, 2, 2), value), None, scale)
+
+    stacked = Animator._stack([features(1.0, 1.0), features(2.0, torch.full((1, 1, 1), 0.5))], [1, 0, 1])
+    assert stacked.neutral_tokens[:, 0, 0].tolist() == [2.0, 1.0, 2.0] and stacked.detail.shape == (3, 3, 2, 2)
+    assert stacked.background is None and stacked.planes is None
+    assert stacked.motion_scale.reshape(-1).tolist() == [0.5, 1.0, 0.5]
+    assert Animator._stack([features(1.0, 1.0), features(2.0, 1.0)], [0, 1]).motion_scale == 1.0
+    with pytest.raises(AnimateError, match="single encodings of one network"):
+        Animator._stack([features(1.0, 1.0), replace(features(2.0, 1.0), token_grid=(4, 4))], [0, 1])
+
+
+@pytest.mark.slow
+def test_dynamic_batch_of_different_sources_is_rendered_in_fewer_calls(tiny_model, animator, people, tmp_path):
+    """Concurrent requests of three people through a server whose batcher waits up to 1 s for company: every
+    answer is that person's frame, a request without a face fails alone, and the frames took fewer network
+    calls than requests (the batcher's groups were rendered together)."""
+    cfg = CFG.model_copy(update={"max_queue_delay_us": 1_000_000})
+    export_package(tiny_model["package"], tmp_path, cfg, animator.image_size, animator.motion_dim)
+    clients, per_client = 4, 2
+    motion = _motion(animator, clients * per_client, seed=8)
+    which = [i % 3 for i in range(clients * per_client)]  # request i shows person which[i]
+    results: dict[int, np.ndarray] = {}
+    errors: list[str] = []  # the faceless request's
+    failures: list[str] = []  # any valid request's
+    start = threading.Barrier(clients + 1)
+
+    def client(c: int, endpoint_url: str) -> None:
+        with Endpoint.open(endpoint_url) as endpoint:
+            start.wait()
+            for i in range(c * per_client, (c + 1) * per_client):
+                try:
+                    inputs = {"SOURCE": people["png"][which[i]], "MOTION": motion[i]}
+                    results[i] = endpoint.infer(cfg.model_name, inputs)[IMAGE]
+                except Exception as err:  # noqa: BLE001 - every failure is reported
+                    failures.append(repr(err))
+
+    def faceless(endpoint_url: str) -> None:
+        with Endpoint.open(endpoint_url) as endpoint:
+            start.wait()
+            try:
+                endpoint.infer(cfg.model_name, {"SOURCE": _png_of_size(256, 256), "MOTION": motion[0]})
+            except ClientError as err:
+                errors.append(str(err))
+
+    with start_server(tmp_path, [cfg.model_name], free_port(), free_port(), free_port(),
+                      ready_timeout_s=cfg.ready_timeout_s) as server:
+        threads = [threading.Thread(target=client, args=(c, server.http_url)) for c in range(clients)]
+        threads.append(threading.Thread(target=faceless, args=(server.http_url,)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        calls = _metric(server, "p4d_network_calls_total", cfg.model_name)
+        encodings = _metric(server, "p4d_source_encodings_total", cfg.model_name)
+    requests = clients * per_client
+    print(f"{requests} requests of 3 sources (+1 without a face): {calls:.0f} network calls, "
+          f"{encodings:.0f} source encodings")
+    assert failures == []
+    assert len(errors) == 1 and "SOURCE: no face found" in errors[0]
+    assert sorted(results) == list(range(requests))
+    for i, image in results.items():
+        _within_one(image, _alone(animator, people["encoded"][which[i]], motion[i]))
+    assert encodings == 3  # one per person: a repeated source comes from the instance's cache
+    assert 1 <= calls < requests
+
+
 @pytest.mark.slow
 def test_concurrent_clients_all_succeed_and_metrics_count_them(served, photos, animator):
     server, clients, per_client = served["server"], 8, 50
