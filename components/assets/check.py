@@ -173,6 +173,14 @@ def _check_state_dict(path: Path, bundle: BundleInfo, network: str) -> str:
     return f"{len(found)} tensors match the {bundle.profile} {network} architecture"
 
 
+def _check_fid_inception(path: Path) -> str:
+    """The FID Inception weights, through the reader evaluate loads them with (weights_only + key/shape check)."""
+    from components.assets.fid_inception import read_inception_weights
+
+    state = read_inception_weights(path)
+    return f"{len(state)} tensors match the FID Inception-v3 (pool3 2048-d features)"
+
+
 def check_asset(asset_dir: Path, spec: AssetSpec, bundle: BundleInfo) -> AssetResult:
     path = asset_dir / spec.path
     if not path.exists():
@@ -188,13 +196,15 @@ def check_asset(asset_dir: Path, spec: AssetSpec, bundle: BundleInfo) -> AssetRe
             detail = _check_mediapipe_embedding(path, bundle)
         elif spec.kind in ("flame_masks", "flame_parts_info", "flame_proxy_mesh"):
             detail = _check_flame_parts(path, bundle, spec.kind)
+        elif spec.kind == "fid_inception":
+            detail = _check_fid_inception(path)
         elif spec.kind == "official_pickle":
             detail = _check_official_pickle(path, bundle, spec.network or spec.name)
         else:
             detail = _check_state_dict(path, bundle, spec.network or spec.name)
     except (ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, P4DError) as err:
         return AssetResult(spec, "wrong format", str(err).splitlines()[0] or type(err).__name__)
-    if bundle.synthetic:
+    if bundle.synthetic and spec.in_synthetic_bundle:  # a user-supplied file in a synthetic bundle is real
         detail += " [SYNTHETIC]"
     return AssetResult(spec, "ok", detail)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# evaluate.fid_inception_weights' default: evaluate reads the file there unless that setting says otherwise
+from components.config.evaluate import FID_INCEPTION_WEIGHTS
+
 BUNDLE_METADATA = "bundle.json"
 
 Kind = Literal[
@@ -22,6 +25,7 @@ Kind = Literal[
     "flame_proxy_mesh",
     "official_pickle",
     "state_dict",
+    "fid_inception",
 ]
 
 
@@ -34,6 +38,7 @@ class AssetSpec:
     format: str  # what the file is, in a user's words
     obtain: str  # where a user gets the real file
     network: str | None = None  # for weights: which of our networks reads them (key list name)
+    in_synthetic_bundle: bool = True  # `p4d assets synth` writes a random stand-in of it
 
 
 ASSETS: tuple[AssetSpec, ...] = (
@@ -141,6 +146,19 @@ ASSETS: tuple[AssetSpec, ...] = (
         "VGG16 ImageNet weights + LPIPS v0.1 vgg.pth (richzhang/PerceptualSimilarity), merged by "
         "`p4d import-official --pth ... --kind lpips`",
         network="lpips_vgg",
+    ),
+    AssetSpec(
+        "fid_inception",
+        FID_INCEPTION_WEIGHTS,
+        "fid_inception",
+        False,
+        "PyTorch state dict of the FID Inception-v3 (TF 2015-12-05 graph ported to PyTorch): 472 tensors, "
+        "fc.weight (1008, 2048); optional: without it eval/fid is \"not computed\"",
+        "pytorch-fid release fid_weights: pt_inception-2015-12-05-6726825d.pth (github.com/mseitzer/pytorch-fid "
+        "releases; torch-fidelity's weights-inception-2015-12-05-6726825d.pth has the same SHA-256 prefix), saved as "
+        f"{FID_INCEPTION_WEIGHTS}",
+        # fixed paper-size weights (24 M parameters, ~95 MB): too big to write into every synthetic bundle
+        in_synthetic_bundle=False,
     ),
 )
 

@@ -13,6 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from components.config.base import Strict
 
+# Where the FID Inception weights (pytorch-fid's file, user-supplied) sit in the asset dir by default; the
+# asset manifest lists the file at this path.
+FID_INCEPTION_WEIGHTS = "weights/pt_inception-2015-12-05.pth"
+
 # The stable metric names (the registry compares model versions by them) and their direction.
 # The stage, the gate, the summary table and the tests read this table.
 GREATER_IS_BETTER: dict[str, bool] = {
@@ -72,9 +76,9 @@ class EvaluateConfig(Strict):
     video_fps: int = Field(25, gt=0, description="frame rate of the sample videos")
     render_batch: int = Field(8, gt=0, description="frames per Ψ forward pass")
     fid_inception_weights: str = Field(
-        "weights/pt_inception-2015-12-05.pth",
-        description="FID Inception-v3 weights (torch-fidelity's file), relative to the asset dir; FID is "
-        "computed only when this file is present",
+        FID_INCEPTION_WEIGHTS,
+        description="FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth), relative to "
+        "the asset dir; FID is computed only when this file is present",
     )
     max_failure_ratio: float = Field(
         0.3, ge=0, le=1, description="the stage fails when unusable test frames / all test frames exceed this"

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from components.config.evaluate import EvaluateConfig
 from components.evaluate.data import EvaluateError, InputFailure, check_leakage, read_held_out
+from components.evaluate.fid import FIDError, fid
 from components.evaluate.gate import GateOutcome, check_gate, gate_document
 from components.evaluate.reenact import ClipRun, Item, Networks, run_clip, run_cross
 from components.evaluate.report import (
@@ -42,7 +43,10 @@ from components.evaluate.report import (
 )
 from components.io.run_config import write_run_config
 from components.io.tracking import TrackingRun, lineage_tags
+from components.assets.fid_inception import load_inception
 from components.assets.policy import refuse_synthetic_outside_tiny
+from components.errors import P4DError
+from model.networks.inception import FIDInceptionV3
 
 log = logging.getLogger(__name__)
 METRICS_FILE, GATE_FILE, PER_ITEM_FILE, README_FILE = "metrics.json", "gate.json", "per_item.parquet", "README.md"
@@ -131,27 +135,35 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fid(cfg: EvaluateConfig, assets: Path, runs: list[ClipRun], device: str) -> tuple[float | None, str | None]:
-    """FID of the self-reenactment renders against their targets, only with user-supplied Inception weights."""
+def _fid_network(cfg: EvaluateConfig, assets: Path, device: str) -> FIDInceptionV3 | None:
+    """The FID Inception with the user's weights, or None when the file is absent (FID is then "not computed").
+
+    A file that is there but is not the FID Inception fails the stage, before any render: the user asked for
+    FID, and a metric silently dropped would let the model reach the registry without it.
+    """
     weights = assets / cfg.fid_inception_weights
     if not weights.is_file():
-        return None, f"no Inception weights at {cfg.fid_inception_weights} in the asset folder (user-supplied)"
+        return None
     try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
+        return load_inception(weights, device)
+    except P4DError as err:
+        raise EvaluateError(f"{err} (evaluate.fid_inception_weights: use pytorch-fid's "
+                            "pt_inception-2015-12-05-6726825d.pth, or remove the file to skip FID)") from None
 
-        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights)).to(device)
-    except (ModuleNotFoundError, ImportError) as err:
-        return None, f"torchmetrics' FID needs torch-fidelity, which does not install here ({err})"
-    import torch
 
+def _fid(cfg: EvaluateConfig, inception: FIDInceptionV3 | None, runs: list[ClipRun], device: str
+         ) -> tuple[float | None, str | None]:  # fmt: skip
+    """FID of the self-reenactment renders against their targets, only with user-supplied Inception weights."""
+    if inception is None:
+        return None, f"no Inception weights at {cfg.fid_inception_weights} in the asset folder (user-supplied)"
     real = np.concatenate([r.drive.crops for r in runs])
     fake = np.concatenate([r.outputs for r in runs])
     if len(real) < 2:
         return None, f"FID needs >= 2 renders, got {len(real)}"
-    for images, is_real in ((real, True), (fake, False)):
-        for i in range(0, len(images), 64):
-            fid.update(torch.from_numpy(images[i:i + 64]).permute(0, 3, 1, 2).to(device), real=is_real)
-    return float(fid.compute()), None
+    try:
+        return fid(inception, real, fake, device, cfg.render_batch), None
+    except FIDError as err:  # e.g. no real square root of the covariance product: a number would be made up
+        return None, str(err)
 
 
 def _failure_message(test_root: Path, failures: list[InputFailure], used: int, limit: float) -> str:
@@ -204,6 +216,7 @@ def _evaluate(cfg, psi: str | Path, data: str | Path, assets: str | Path, out: s
     _prepare_out(out)
     if not assets.is_dir():
         raise EvaluateError(f"--assets {assets}: no such folder")
+    inception = _fid_network(ev, assets, device)  # a wrong weights file fails here, before the model loads
     animator = Animator.load(model, assets, device=device, config=cfg)
     nets = Networks(load_network("lpips_vgg", assets, cfg, device).eval(),
                     load_network("arcface_r18", assets, cfg, device).eval(), device)
@@ -227,8 +240,8 @@ def _evaluate(cfg, psi: str | Path, data: str | Path, assets: str | Path, out: s
         animator.close()
         raise EvaluateError(_failure_message(data, failures, used, ev.max_failure_ratio))
 
-    fid, fid_reason = _fid(ev, assets, runs, device)
-    agg = aggregate(items, ev, fid, fid_reason)
+    fid_value, fid_reason = _fid(ev, inception, runs, device)
+    agg = aggregate(items, ev, fid_value, fid_reason)
     gate = gate_document(ev)
     outcomes = check_gate(agg.metrics, gate, champion)
     doc = _write_and_track(cfg, animator, model, data, out, agg, gate, items, failures, runs, outcomes, champion)

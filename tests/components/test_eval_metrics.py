@@ -144,3 +144,106 @@ def test_gate_document_and_check():
 def test_gate_rejects_unknown_metric_names():
     with pytest.raises(ValueError, match="unknown metric"):
         EvaluateConfig(gate={"eval/self/pnsr": GateRule(threshold=1.0)})
+
+
+# ------------------------------------------------------------------------------------------ FID
+def test_frechet_distance_of_known_gaussians():
+    from components.evaluate.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 5))
+    sigma = a @ a.T + np.eye(5)  # a full-rank covariance
+    mu = rng.normal(size=5)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+    # 1-D N(0, 1) vs N(1, 4): (0 - 1)² + 1 + 4 - 2 sqrt(1 * 4) = 2
+    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([1.0]), np.array([[4.0]])) == pytest.approx(2)
+    # diagonal covariances: |dmu|² + sum (sqrt(a_i) - sqrt(b_i))²
+    va, vb, dmu = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0]), np.array([1.0, 2.0, 0.0])
+    expected = dmu @ dmu + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
+    assert frechet_distance(dmu, np.diag(va), np.zeros(3), np.diag(vb)) == pytest.approx(expected)
+
+
+def test_frechet_distance_refuses_what_has_no_real_answer():
+    from components.evaluate.fid import FIDError, feature_statistics, frechet_distance
+
+    with pytest.raises(FIDError, match="no real square root"):  # a "covariance" with a negative variance
+        frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    with pytest.raises(FIDError, match="differ in size"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(FIDError, match=">= 2 feature vectors"):
+        feature_statistics(np.ones((1, 4)))
+    mu, sigma = feature_statistics(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 8.0]]))
+    np.testing.assert_allclose(mu, [2.0, 4.0])
+    np.testing.assert_allclose(sigma, [[4.0, 7.0], [7.0, 13.0]])  # unbiased (N - 1), as pytorch-fid's np.cov
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A seeded FID Inception weights file in torch's legacy format, with the BN counters a torchvision-built
+    state dict carries (both must load), and the network it came from."""
+    from tests.components.fid_inception_file import write_seeded_inception
+
+    path = tmp_path_factory.mktemp("fid") / "weights" / "pt_inception-2015-12-05.pth"
+    return path, write_seeded_inception(path, seed=1, legacy_format=True, bn_counters=True)
+
+
+def test_inception_weights_load_strictly_and_give_the_source_features(inception_file):
+    from components.assets.fid_inception import load_inception
+    from components.evaluate.fid import inception_features
+
+    path, source = inception_file
+    net = load_inception(path)
+    images = _images(n=2, size=64, seed=3)
+    features = inception_features(net, images, batch=1)  # batched one by one: same as all at once
+    assert features.shape == (2, 2048) and features.dtype == np.float64
+    with torch.no_grad():
+        expected = source(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).double().numpy()
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_inception_file_names_the_file_and_keys(inception_file, tmp_path):
+    from components.assets.fid_inception import load_inception
+    from components.import_official.errors import KeyMismatchError, OfficialImportError
+
+    state = torch.load(inception_file[0], weights_only=True)
+    del state["Mixed_7c.branch_pool.conv.weight"]
+    state["fc.weight"] = state["fc.weight"][:1000]  # torchvision's 1000-class head
+    bad = tmp_path / "inception.pth"
+    torch.save(state, bad)
+    with pytest.raises(KeyMismatchError) as err:
+        load_inception(bad)
+    message = str(err.value)
+    assert message.startswith(str(bad)) and "1 missing: 'Mixed_7c.branch_pool.conv.weight'" in message
+    assert "'fc.weight' is (1000, 2048), expected (1008, 2048)" in message
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(OfficialImportError, match="not a plain PyTorch state dict"):
+        load_inception(bad)
+
+
+@pytest.mark.slow  # two 2048² matrix square roots (~12 s each on one core)
+def test_fid_of_a_set_against_itself_is_zero(inception_file):
+    from components.assets.fid_inception import load_inception
+    from components.evaluate.fid import fid
+
+    net = load_inception(inception_file[0])
+    a, b = _images(n=4, size=64, seed=4), _images(n=4, size=64, seed=5, lo=100, hi=160)  # b: low contrast
+    same = fid(net, a, a)
+    other = fid(net, a, b)
+    assert abs(same) < 1e-3 * other and other > 0
+
+
+def test_assets_check_reads_the_inception_file(inception_file, tmp_path, capsys):
+    from pipelines.cli import main
+
+    path, _ = inception_file
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / path.name).write_bytes(path.read_bytes())
+    assert main(["assets", "check", "--dir", str(tmp_path)]) == 1  # the required assets are missing here
+    line = next(x for x in capsys.readouterr().out.splitlines() if " fid_inception " in x)
+    assert line.startswith("ok ") and "472 tensors match the FID Inception-v3" in line and "SYNTHETIC" not in line
+    state = torch.load(path, weights_only=True)
+    state["fc.bias"] = torch.zeros(1000)
+    torch.save(state, tmp_path / "weights" / path.name)
+    main(["assets", "check", "--dir", str(tmp_path)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if " fid_inception " in x)
+    assert line.startswith("wrong format ") and "'fc.bias' is (1000), expected (1008)" in line

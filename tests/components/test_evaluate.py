@@ -191,6 +191,53 @@ def test_metrics_are_deterministic(evaluated, tmp_path, monkeypatch):
     assert first.equals(second)
 
 
+def _with_inception(held_out: dict, root: Path, **weights) -> dict:
+    """``held_out`` with a copy of its assets holding a seeded FID Inception weights file."""
+    from components.assets.manifest import spec
+    from tests.components.fid_inception_file import write_seeded_inception
+
+    assets = root / "assets"
+    shutil.copytree(held_out["assets"], assets)
+    write_seeded_inception(assets / spec("fid_inception").path, **weights)
+    return {**held_out, "assets": assets}
+
+
+@pytest.mark.slow  # a second evaluation run, plus the Inception and a 2048² matrix square root (~1.5 min)
+def test_fid_is_computed_with_user_supplied_inception_weights(held_out, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    out = tmp_path / "evaluation"
+    assert _evaluate(_with_inception(held_out, tmp_path, seed=0), out) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    fid = doc["metrics"]["eval/fid"]
+    assert np.isfinite(fid) and fid > 0  # a random Ψ's renders are far from their targets
+    assert doc["counts"]["eval/fid"] == 5 and "eval/fid" not in doc["not_computed"]  # the 5 self renders
+    assert "| eval/fid |" in (out / "README.md").read_text()
+    run = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(doc["evaluate_mlflow_run_id"])
+    assert run.data.metrics["eval/fid"] == pytest.approx(fid)
+    assert "not_computed/eval/fid" not in run.data.tags
+
+
+def test_wrong_inception_weights_fail_before_any_render(held_out, tmp_path, capsys):
+    import torch
+
+    from components.assets.manifest import spec
+
+    with_file = _with_inception(held_out, tmp_path, seed=0)
+    weights = with_file["assets"] / spec("fid_inception").path
+    state = torch.load(weights, weights_only=True)
+    state.pop("Mixed_5b.branch1x1.conv.weight")
+    torch.save(state, weights)
+    out = tmp_path / "evaluation"
+    assert _evaluate(with_file, out) == 2
+    line = _stderr_line(capsys)
+    assert str(weights) in line and "1 missing: 'Mixed_5b.branch1x1.conv.weight'" in line
+    assert "evaluate.fid_inception_weights" in line
+    assert not out.exists()
+
+
 def _stderr_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
