@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from model.compiled import on_cuda
+from model.compiled import compiled, compiling, on_cuda
 
 
 class NearestTriangle(NamedTuple):
@@ -140,16 +140,14 @@ def _search(
     points: torch.Tensor,
     other: torch.Tensor,
     max_pairs: int,
-    compile_on_cuda: bool,
 ) -> torch.Tensor:
     """Run an argmin search over chunks of query points holding at most ~max_pairs pairs each.
 
-    With ``compile_on_cuda`` the CUDA search is compiled (once, dynamic shapes): inductor fuses
+    On CUDA the search is compiled (once, dynamic shapes): inductor fuses
     the ~60 elementwise steps of the point-triangle test with the argmin, 8x faster on an H200
     (the first call compiles for ~20 s). P4D_EAGER=1 keeps it eager (model.compiled).
     """
-    if compile_on_cuda:
-        fn = on_cuda(fn, points)
+    fn = on_cuda(fn, points)
     bsz, n_other = points.shape[0], other.shape[1]
     step = max(1, max_pairs // max(1, bsz * n_other))
     return torch.cat([fn(points[:, s : s + step], other) for s in range(0, points.shape[1], step)], dim=1)
@@ -164,7 +162,7 @@ def nearest_triangle(
         raise ValueError(f"faces must be a non-empty (F, 3) index tensor, got {tuple(faces.shape)}")
     faces = faces.long()
     with torch.no_grad():
-        face = _search(_argmin_triangle, points.detach(), verts.detach()[:, faces], max_pairs, True)
+        face = _search(_argmin_triangle, points.detach(), verts.detach()[:, faces], max_pairs)
     chosen = _gather_tris(verts, faces, face)  # (B, P, 3, 3) with autograd
     closest = _blend(closest_point_barycentric(points, chosen), chosen)
     dist_sq = (closest - points).square().sum(-1)
@@ -243,9 +241,9 @@ def _fp32_min_excluding(
 def _fp32_candidates(points: torch.Tensor, verts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """points (B, c, 3), verts (B, N, 3) float32 -> the k smallest float32 squared distances (B, c, k),
     ascending, and their vertex ids (B, c, k). Eager (CPU, P4D_EAGER): one distance tensor and a top-k."""
-    search = on_cuda(_fp32_min_excluding, points)
-    if search is _fp32_min_excluding:
+    if not compiling(points.device):
         return _sq_dist(points[:, :, None], verts[:, None]).topk(k, largest=False)
+    search = compiled(_fp32_min_excluding)
     keys, found = [], []
     for _ in range(k):
         key, j = search(points, verts, tuple(found))
@@ -302,7 +300,7 @@ def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: 
     p32, v32 = points.float(), verts.float()
     # max_pairs budgets 8 B a pair (one float64); eager holds ~6 float32 (B, c, N) tensors, compiled none
     # (there the chunk only bounds one launch). Eager chunks past EAGER_CHUNK_PAIRS only miss the cache.
-    fused = on_cuda(_fp32_min_excluding, p32) is not _fp32_min_excluding
+    fused = compiling(p32.device)
     pairs = max_pairs * 16 if fused else min(max_pairs // 3, EAGER_CHUNK_PAIRS)
     step = max(1, pairs // max(1, points.shape[0] * n))
     found = [_fp32_candidates(p32[:, s : s + step], v32, k) for s in range(0, points.shape[1], step)]
