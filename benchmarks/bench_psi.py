@@ -46,7 +46,7 @@ for path in (HERE.parent, HERE):  # run as a script from a checkout that is not 
         sys.path.insert(0, str(path))
 
 from bench_animate import write_assets, write_psi  # noqa: E402  (the same synthetic bundle + random Ψ)
-from timing import sync, timed  # noqa: E402
+from timing import set_flags, sync, timed  # noqa: E402
 from components.config import PROFILES  # noqa: E402
 from model.cameras import CameraDistribution, LabelLayout, sample_cameras  # noqa: E402
 
@@ -194,14 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
-    if args.tf32 != "default":
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
-        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    flags = (f"TF32 in matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, in cuDNN "
-             f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'}, cudnn.benchmark "
-             f"{'on' if torch.backends.cudnn.benchmark else 'off'}" if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} threads")
+    flags = set_flags(device, args.tf32, args.cudnn_benchmark)
     batches = [int(b) for b in args.batches.split(",")]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_psi_") as tmp:

@@ -50,7 +50,7 @@ class SuperresolutionConfig(BaseModel):
 
 
 class SuperresolutionHybrid8XDC(nn.Module):
-    """forward(rgb (B,3,h,w), x (B,channels,h,w), ws (B,L,w_dim)) -> (B,3,img_resolution,img_resolution).
+    """forward(rgb (B,3,h,w), x (B,channels,h,w), ws (B or 1,L,w_dim)) -> (B,3,img_resolution,img_resolution).
 
     Keys as official: `block0.*`, `block1.*` (each a StyleGAN2 SynthesisBlock).
     Built from a config, or from the official keyword arguments (channels=32, img_resolution=512, ...).
@@ -84,12 +84,14 @@ class SuperresolutionHybrid8XDC(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.cfg.channels:
             raise ValueError(f"x must be (B, {self.cfg.channels}, h, w), got {tuple(x.shape)}")
         source = ws if ws_super is None else ws_super
-        if source.ndim != 3 or source.shape[-1] != self.cfg.w_dim:
-            raise ValueError(f"ws must be (B, L, {self.cfg.w_dim}), got {tuple(source.shape)}")
-        # Every SR layer (2 convs + torgb per block, overlapping) uses the generator's last w.
+        if source.ndim != 3 or source.shape[-1] != self.cfg.w_dim or source.shape[0] not in (1, rgb.shape[0]):
+            raise ValueError(f"ws must be (B={rgb.shape[0]} or 1, L, {self.cfg.w_dim}), got {tuple(source.shape)}")
+        # Every SR layer (2 convs + torgb per block, overlapping) uses the generator's last w. A w of batch 1
+        # (Ψ's w_avg, GenHead's all-ones) styles every image alike: the layers then build their modulated
+        # weights once and run dense convolutions (modulated_conv2d's shared-style path).
         ws = source[:, -1:, :].repeat(1, 3, 1)
         if self.cfg.use_ws_ones:
-            ws = torch.ones_like(ws)
+            ws = ws.new_ones(1, 3, self.cfg.w_dim)
 
         if x.shape[-1] != self.input_resolution:
             size = (self.input_resolution, self.input_resolution)

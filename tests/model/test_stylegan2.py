@@ -168,6 +168,49 @@ def test_modulated_conv_demodulation_gives_unit_norm_filters(fused):
         assert torch.allclose(y[n:n + 1], F.conv2d(x[n:n + 1], w, padding=1), atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulated_conv_shared_styles_equal_the_per_sample_path(fused, up, demodulate):
+    """A (1, I) style for a batch of N is the (N, I) style repeated: same output, same gradients."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 6, 6, generator=g)
+    weight = torch.randn(5, 4, 3, 3, generator=g, requires_grad=True)
+    style = (torch.rand(1, 4, generator=g) + 0.5).requires_grad_()
+    noise = torch.randn(1, 1, 6 * up, 6 * up, generator=g)
+    f = setup_filter([1, 3, 3, 1])
+    kwargs = dict(noise=noise, up=up, padding=1, resample_filter=f, demodulate=demodulate, fused_modconv=fused,
+                  flip_weight=up == 1)
+    shared = modulated_conv2d(x, weight, style, **kwargs)
+    shared_grads = torch.autograd.grad(shared.square().sum(), [weight, style])
+    repeated = modulated_conv2d(x, weight, style.expand(3, -1), **kwargs)
+    repeated_grads = torch.autograd.grad(repeated.square().sum(), [weight, style])
+    assert shared.shape == repeated.shape == (3, 5, 6 * up, 6 * up)
+    assert torch.allclose(shared, repeated, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, repeated_grads):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"styles must be \(3, 4\) or \(1, 4\)"):
+        modulated_conv2d(x, weight, style.expand(2, -1), **kwargs)
+
+
+def test_modulated_conv_shared_styles_run_one_dense_convolution(monkeypatch):
+    """The shared path convolves the whole batch with one weight (groups=1), never per-sample weights."""
+    import model.networks.stylegan2.layers as layers
+
+    calls = []
+    real = layers.conv2d_resample
+
+    def spy(x, w, *args, **kwargs):
+        calls.append((tuple(x.shape), tuple(w.shape), kwargs.get("groups", 1)))
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(layers, "conv2d_resample", spy)
+    x, weight = torch.randn(4, 6, 5, 5), torch.randn(7, 6, 3, 3)
+    modulated_conv2d(x, weight, torch.rand(1, 6) + 0.5, padding=1, fused_modconv=True)
+    modulated_conv2d(x, weight, torch.rand(4, 6) + 0.5, padding=1, fused_modconv=True)
+    assert calls == [((4, 6, 5, 5), (7, 6, 3, 3), 1), ((1, 24, 5, 5), (28, 6, 3, 3), 4)]
+
+
 def test_mapping_truncation_psi_zero_gives_w_avg_and_psi_one_is_identity():
     torch.manual_seed(0)
     mapping = MappingNetwork(z_dim=8, c_dim=5, w_dim=6, num_ws=4, num_layers=2)
@@ -259,6 +302,14 @@ def test_superresolution_tiny_shapes_ws_ones_and_input_checks():
     ones = SuperresolutionHybrid8XDC(cfg.model_copy(update={"use_ws_ones": True})).eval()
     ones.load_state_dict(sr.state_dict())
     assert torch.equal(ones(rgb, feat, ws), ones(rgb, feat, torch.randn(2, 5, 32)))
+    # one w for the whole batch (Ψ's w_avg) = that w repeated per image, in eval and in training mode
+    w1 = torch.randn(1, 5, 32)
+    assert torch.allclose(sr(rgb, feat, w1), sr(rgb, feat, w1.expand(2, -1, -1)), atol=1e-5)
+    sr.train()
+    assert torch.allclose(sr(rgb, feat, w1), sr(rgb, feat, w1.expand(2, -1, -1)), atol=1e-5)
+    sr.eval()
+    with pytest.raises(ValueError, match=r"ws must be \(B=2 or 1"):
+        sr(rgb, feat, torch.randn(3, 5, 32))
     with pytest.raises(ValueError, match="x must be"):
         sr(rgb, torch.randn(2, 7, 8, 8), ws)
     with pytest.raises(ValueError, match="4 x input_resolution"):

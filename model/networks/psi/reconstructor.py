@@ -217,7 +217,7 @@ class Psi(nn.Module):
             result["rgb_bg"] = result["background_feature"][:, :3]
         features = 2 * features - 1
         features_wobg = 2 * features_wobg - 1
-        ws = self.w_avg.reshape(1, 1, -1).expand(b, 1, -1)
+        ws = self.w_avg.reshape(1, 1, -1)  # one style for the whole batch: the SR runs dense convolutions
         if super_resolve:
             result["image"] = self.superresolution(features[:, :3], features, ws)
         result.update(

@@ -39,7 +39,7 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 def modulated_conv2d(
     x: torch.Tensor,  # (N, I, H, W)
     weight: torch.Tensor,  # (O, I, kh, kw)
-    styles: torch.Tensor,  # (N, I)
+    styles: torch.Tensor,  # (N, I), or (1, I) shared by every sample
     noise: torch.Tensor | None = None,  # broadcastable to the output (N, O, H', W')
     up: int = 1,
     down: int = 1,
@@ -53,13 +53,20 @@ def modulated_conv2d(
 
     fused: one grouped conv with per-sample weights; unfused: scale activations before/after a shared
     conv (same maths, cheaper gradients for training).
+    Shared styles ((1, I) with N > 1, e.g. Ψ's w_avg or GenHead's all-ones SR styles): every sample has the
+    same modulated weights, so they are built once and the batch runs one dense convolution, whatever
+    ``fused_modconv`` says (the same maths again; no per-sample weights, no activation-sized scalings).
     """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != in_ch:
         raise ValueError(f"x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
-    if styles.shape != (n, in_ch):
-        raise ValueError(f"styles must be ({n}, {in_ch}), got {tuple(styles.shape)}")
+    shared = n > 1 and styles.shape == (1, in_ch)
+    if styles.shape != (n, in_ch) and not shared:
+        raise ValueError(f"styles must be ({n}, {in_ch}) or (1, {in_ch}) shared, got {tuple(styles.shape)}")
+    if shared:
+        fused_modconv = True  # one (1, O, I, kh, kw) weight: the fused form IS the dense convolution
+    n_styles = styles.shape[0]
 
     # fp16: pre-normalize so the modulated weights cannot overflow (official networks_stylegan2.py).
     if x.dtype == torch.float16 and demodulate:
@@ -69,11 +76,11 @@ def modulated_conv2d(
     w = None
     dcoefs = None
     if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # (N, O, I, kh, kw)
+        w = weight.unsqueeze(0) * styles.reshape(n_styles, 1, -1, 1, 1)  # (N or 1, O, I, kh, kw)
     if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (N, O): makes each output filter unit-norm
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (N or 1, O): unit-norm output filters
     if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(n, -1, 1, 1, 1)
+        w = w * dcoefs.reshape(n_styles, -1, 1, 1, 1)
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
@@ -86,6 +93,11 @@ def modulated_conv2d(
         if noise is not None:
             return x + noise.to(x.dtype)
         return x
+
+    if shared:
+        x = conv2d_resample(x, w[0].to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
+                            flip_weight=flip_weight)
+        return x if noise is None else x + noise
 
     # Fused: fold the batch into channels and run one grouped convolution.
     x = x.reshape(1, -1, *x.shape[2:])
