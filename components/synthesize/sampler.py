@@ -25,7 +25,7 @@ from model.networks.genhead_parts import N_PART_PLANES
 from model.rendering.config import RenderingConfig
 from model.rendering.ray_sampler import RaySampler, camera_depth_of_origin
 from model.rendering.renderer import ray_bounds
-from model.rendering.triplane import sample_from_planes, triplane_axes
+from model.rendering.triplane import plane_mean, sample_from_planes, triplane_axes
 
 SALT_RENDER, SALT_ONLINE, SALT_CHUNK = 1, 2, 3
 
@@ -81,8 +81,8 @@ def triplane_targets(planes: torch.Tensor, deformer: GenHeadDeformer, c: torch.T
     eye = eye_mask.reshape(b, -1).gather(1, pix).float() * parts.inside_eye_box.float()
     mouth = mouth_mask.reshape(b, -1).gather(1, pix).float()
     keep = (eye == 0) & (mouth == 0)
-    features = sample_from_planes(triplane_axes(device=planes.device), face_planes.float(),
-                                  parts.canonical_face.float(), rendering.box_warp).mean(1)  # (B, M, C)
+    features = plane_mean(sample_from_planes(triplane_axes(device=planes.device), face_planes.float(),
+                                             parts.canonical_face.float(), rendering.box_warp))  # (B, M, C)
     rows = torch.cat([points.float(), features], dim=-1)
     # Kept candidates first (in their random order); cycle through them when fewer than n survive.
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices

@@ -14,7 +14,7 @@ from model.rendering.renderer import (
     triplane_field,
 )
 from model.rendering.sampling import sample_importance, sample_pdf, sample_stratified, unify_samples
-from model.rendering.triplane import project_onto_planes, sample_from_planes, triplane_axes
+from model.rendering.triplane import plane_mean, project_onto_planes, sample_from_planes, triplane_axes
 
 __all__ = [
     "DecoderOutput",
@@ -29,6 +29,7 @@ __all__ = [
     "RenderResult",
     "RenderingConfig",
     "camera_depth_of_origin",
+    "plane_mean",
     "project_onto_planes",
     "render_rays",
     "sample_from_planes",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from model.networks.stylegan2.layers import FullyConnectedLayer
+from model.rendering.triplane import plane_mean
 
 # MipNeRF's widened sigmoid keeps colours reachable at exactly 0 and 1 (official OSGDecoder).
 _RGB_PADDING = 0.001
@@ -70,7 +71,7 @@ class OSGDecoder(nn.Module):
             raise ValueError(
                 f"sampled_features must be (B, n_planes, P, {self.n_features}), got {tuple(sampled_features.shape)}"
             )
-        x = sampled_features.mean(1)  # (B, P, C)
+        x = plane_mean(sampled_features)  # (B, P, C)
         b, p, c = x.shape
         hidden = self.net(x.reshape(b * p, c))
         rgb = torch.sigmoid(self.out_rgb(hidden)) * (1 + 2 * _RGB_PADDING) - _RGB_PADDING

@@ -70,3 +70,19 @@ def sample_from_planes(
         align_corners=False,
     )  # (B*n, C, 1, P)
     return sampled.reshape(b, n_planes, c, -1).transpose(2, 3)
+
+
+def plane_mean(features: torch.Tensor) -> torch.Tensor:
+    """(B, n_planes, P, C) per-plane features -> (B, P, C) contiguous mean over the planes.
+
+    ``sample_from_planes`` returns its features as a view of grid_sample's (B, n_planes, C, P) memory; a mean
+    over dim 1 of that view would write (P, C) order while reading every value P elements apart. Reducing in
+    the memory's own order and transposing once gives the same numbers (the same three values summed in the
+    same order) with contiguous reads.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be (B, n_planes, P, C), got {tuple(features.shape)}")
+    channel_first = features.transpose(2, 3)
+    if not channel_first.is_contiguous():
+        return features.mean(1)
+    return channel_first.mean(1).transpose(1, 2).contiguous()

@@ -14,6 +14,7 @@ from model.rendering import (
     RaySampler,
     RenderingConfig,
     camera_depth_of_origin,
+    plane_mean,
     project_onto_planes,
     render_rays,
     sample_from_planes,
@@ -188,6 +189,21 @@ def test_plane_projection_rejects_oblique_axes_and_bad_shapes():
         project_onto_planes(triplane_axes() * 0.5, torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="coordinates"):
         sample_from_planes(triplane_axes(), torch.zeros(1, 3, 2, 4, 4), torch.zeros(1, 2, 2), 1.3)
+
+
+def test_plane_mean_is_the_mean_over_planes_in_either_layout():
+    """Bitwise the plain mean, for grid_sample's channel-first view and for contiguous features."""
+    g = torch.Generator().manual_seed(5)
+    planes = torch.randn(2, 3, 4, 8, 8, generator=g)
+    points = torch.rand(2, 50, 3, generator=g) * 1.2 - 0.6
+    sampled = sample_from_planes(triplane_axes(), planes, points, 1.3)  # (2, 3, 50, 4) view
+    assert not sampled.is_contiguous()
+    for features in (sampled, sampled.contiguous()):
+        mean = plane_mean(features)
+        assert mean.shape == (2, 50, 4) and mean.is_contiguous()
+        assert torch.equal(mean, features.mean(1))
+    with pytest.raises(ValueError, match="n_planes"):
+        plane_mean(torch.zeros(2, 50, 4))
 
 
 # ---------------------------------------------------------------- decoder

@@ -27,7 +27,7 @@ from model.networks.psi.config import PsiConfig
 from model.networks.psi.segformer import Scale
 from model.networks.psi.triplane_decoder import TriplaneDecoder
 from model.networks.superresolution import SuperresolutionHybrid8XDC
-from model.rendering import ImportanceRenderer, OSGDecoder, sample_from_planes, triplane_axes
+from model.rendering import ImportanceRenderer, OSGDecoder, plane_mean, sample_from_planes, triplane_axes
 from model.rendering.renderer import DeformFn
 
 # Official optimizer grouping (training_loop_recon_v2.py): these canonical-encoder parameters are
@@ -242,7 +242,7 @@ class Psi(nn.Module):
             triplane_axes(device=planes.device), planes, coordinates, self.cfg.rendering.box_warp
         )
         rgb, sigma = self.decoder(features)
-        return {"rgb": rgb, "sigma": sigma, "triplane_feature": features.mean(1)}
+        return {"rgb": rgb, "sigma": sigma, "triplane_feature": plane_mean(features)}
 
     def compile_per_frame(self) -> None:
         """torch.compile (nn.Module.compile: in place, state-dict keys unchanged, dynamic shapes) the modules a
