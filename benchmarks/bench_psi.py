@@ -142,7 +142,7 @@ def breakdown(animator, source, batch: int, iters: int, warmup: int) -> dict[str
         planes = psi.planes(feats, motion_t)
         cached = replace(feats, planes=planes)
         raw = psi.render_frame(cached, motion_t, cam_t, res, super_resolve=False)
-        ws = psi.w_avg.reshape(1, 1, -1).expand(batch, 1, -1)
+        ws = psi.w_avg.reshape(1, 1, -1)  # one style for the batch, as render_frame passes it
         parts = {
             "triplanes": lambda: psi.planes(feats, motion_t),
             "volume rendering": lambda: psi.render_frame(cached, motion_t, cam_t, res, super_resolve=False),
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true", help="also time Ψ's parts (triplanes, rendering, SR)")
     parser.add_argument("--compile-modules", action="store_true",
                         help="torch.compile Ψ's per-frame modules (the engine's animate.compile option)")
+    parser.add_argument("--fused-field", action="store_true",
+                        help="CUDA: triplane sampling + radiance decoder in one Triton kernel (animate.fused_field)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
@@ -204,15 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         model, params = write_psi(work, args.profile)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
         print(f"\nΨ serving-path benchmark: {name}, torch {torch.__version__}, profile {args.profile}, "
-              f"Ψ {params / 1e6:.1f} M params (random), {flags}; median of {args.iters} calls after "
-              f"{args.warmup} warm-up calls\n")
+              f"Ψ {params / 1e6:.1f} M params (random), {flags}; animate.compile {args.compile_modules}, "
+              f"animate.fused_field {args.fused_field and device.type == 'cuda'}; median of {args.iters} calls "
+              f"after {args.warmup} warm-up calls\n")
         print("| precision | batch | serve ms/call | serve img/s | conditioner (FLAME + neck field) ms | Ψ render_frame ms (no neck) "
               "| Ψ TFLOP/s | peak GiB | PSNR vs fp32 |")
         print("|---|---|---|---|---|---|---|---|---|", flush=True)
         reference: dict[int, np.ndarray] = {}
         for dtype in args.dtypes.split(","):
             animator = Animator.load(model, assets, str(device), dtype=DTYPES[dtype],
-                                     options=AnimateConfig(compile=args.compile_modules))
+                                     options=AnimateConfig(compile=args.compile_modules,
+                                                           fused_field=args.fused_field))
             source = make_source(animator)
             for batch in batches:
                 if device.type == "cuda":
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 if dtype == "fp32":
                     reference[batch] = frames
                 quality = psnr(frames, reference[batch]) if batch in reference else float("nan")
-                row.update(dtype=dtype, psnr_vs_fp32=quality, flags=flags)
+                row.update(dtype=dtype, psnr_vs_fp32=quality, flags=flags, fused_field=animator.psi.fused_field,
+                           compiled=args.compile_modules)
                 rows.append(row)
                 print(f"| {dtype} | {batch} | {row['serve_s'] * 1e3:.1f} | {row['images_per_s']:.1f} | "
                       f"{row['conditions_s'] * 1e3:.1f} | {row['network_s'] * 1e3:.1f} | "

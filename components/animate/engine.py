@@ -221,6 +221,7 @@ class Animator:
             options = config.animate if config is not None and hasattr(config, "animate") else AnimateConfig()
         if options.compile and dev.type == "cuda":
             psi.compile_per_frame()
+        psi.fused_field = options.fused_field and dev.type == "cuda"
         return cls(psi, weights, settings, assets, dev, dtype, options)
 
     def save_package(self, out: str | Path) -> Path:

@@ -31,3 +31,7 @@ class AnimateConfig(Strict):
     compile: bool = Field(False, description="CUDA only: torch.compile Ψ's per-frame modules at load (about a "
                           "minute of compiling on the first frames; H200 bf16 batch 1: 25.2 -> 19.9 ms per frame, "
                           "batch 8 unchanged; docs/benchmarks.md). Worth it for a long-running server")
+    fused_field: bool = Field(False, description="CUDA only: sample Ψ's triplanes and run its radiance decoder in one "
+                              "Triton kernel on the serving path (same maths, fp32; model/rendering/fused_field.py). "
+                              "Checked against the eager path on the CPU through Triton's interpreter; its GPU speed "
+                              "is not measured yet, so it is off by default")

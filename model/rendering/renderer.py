@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from model.rendering.config import RenderingConfig
+from model.rendering.fused_field import FusedTriplaneDecoder
 from model.rendering.ray_marcher import RayMarcher
 from model.rendering.ray_sampler import RaySampler, camera_depth_of_origin
 from model.rendering.sampling import sample_importance, sample_stratified, unify_samples
@@ -74,9 +75,16 @@ def triplane_field(
     deform_fn: DeformFn | None = None,
     box_warp_scale: float | torch.Tensor = 1.0,
     generator: torch.Generator | None = None,
+    fused: bool = False,
 ) -> RadianceField:
-    """The radiance field of ``planes`` (B,3,C,H,W) read by ``decoder``, optionally deformed."""
+    """The radiance field of ``planes`` (B,3,C,H,W) read by ``decoder``, optionally deformed.
+
+    ``fused``: when no gradient is recorded, sample the planes and run the (OSG) decoder in one Triton kernel
+    (model.rendering.fused_field: same maths, fp32 outputs); with a gradient the eager path runs regardless.
+    """
     axes = triplane_axes(device=planes.device)
+    fused_decoder = FusedTriplaneDecoder(planes, decoder, cfg.box_warp, box_warp_scale) \
+        if fused and not torch.is_grad_enabled() else None
 
     def field(coords: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, r, s, _ = coords.shape
@@ -85,8 +93,11 @@ def triplane_field(
             points = deform_fn(points)
             if points.shape != (b, r * s, 3):
                 raise ValueError(f"deform_fn must return (B, P, 3) = {(b, r * s, 3)}, got {tuple(points.shape)}")
-        features = sample_from_planes(axes, planes, points, cfg.box_warp, box_warp_scale)
-        rgb, sigma = decoder(features, directions.reshape(b, r * s, 3))
+        if fused_decoder is not None:
+            rgb, sigma = fused_decoder(points)
+        else:
+            features = sample_from_planes(axes, planes, points, cfg.box_warp, box_warp_scale)
+            rgb, sigma = decoder(features, directions.reshape(b, r * s, 3))
         if cfg.density_noise > 0:
             noise = torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype, device=sigma.device)
             sigma = sigma + noise * cfg.density_noise
@@ -159,6 +170,7 @@ class ImportanceRenderer(nn.Module):
         cam_z: torch.Tensor | None = None,
         box_warp_scale: float | torch.Tensor = 1.0,
         generator: torch.Generator | None = None,
+        fused: bool = False,
     ) -> RenderOutput:
         """planes (B,3,C,H,W), rays (B,R,3) -> (features (B,R,C_out), depth (B,R,1), weights_sum (B,R,1)).
 
@@ -166,7 +178,7 @@ class ImportanceRenderer(nn.Module):
         ``box_warp_scale`` (float or (B,)) shrinks the sampled cube per image (official Ψ_3d renders).
         For the merged samples too (distortion loss), call render_rays(triplane_field(...), ...).
         """
-        field = triplane_field(planes, decoder, cfg, deform_fn, box_warp_scale, generator)
+        field = triplane_field(planes, decoder, cfg, deform_fn, box_warp_scale, generator, fused)
         result = render_rays(
             field,
             ray_origins,
@@ -191,6 +203,7 @@ class ImportanceRenderer(nn.Module):
         *,
         box_warp_scale: float | torch.Tensor = 1.0,
         generator: torch.Generator | None = None,
+        fused: bool = False,
     ) -> RenderedImage:
         """Render a resolution x resolution image per camera: features (B,C,H,W), depth and opacity (B,1,H,W)."""
         origins, directions = self.ray_sampler(cam2world, intrinsics, resolution)
@@ -204,6 +217,7 @@ class ImportanceRenderer(nn.Module):
             cam_z=camera_depth_of_origin(cam2world).to(origins),
             box_warp_scale=box_warp_scale,
             generator=generator,
+            fused=fused,
         )
         return RenderedImage(*(to_image(t, resolution) for t in out))
 

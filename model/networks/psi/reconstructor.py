@@ -99,6 +99,9 @@ class Psi(nn.Module):
             self.background = BackgroundUNet(cfg.background_channels, cfg.feature_channels)
         self.renderer = ImportanceRenderer()
         self.decoder = OSGDecoder.from_config(cfg.decoder)
+        # Inference on CUDA may sample the triplanes and run the decoder in one Triton kernel
+        # (model.rendering.fused_field); the engine's animate.fused_field sets it. Not part of the state dict.
+        self.fused_field = False
         self.superresolution = SuperresolutionHybrid8XDC(cfg.superresolution)
         # Ψ styles every SR layer with w_avg (zeros unless a checkpoint sets it), official use_ws_ones=False.
         self.register_buffer("w_avg", torch.zeros(cfg.superresolution.w_dim))
@@ -203,6 +206,7 @@ class Psi(nn.Module):
             deform_fn,
             box_warp_scale=box_warp_scale,
             generator=generator,
+            fused=self.fused_field,
         )
         features_wobg = rendered.features  # (B, C, r, r) in [0, 1]
         transmittance = 1 - rendered.weights_sum  # official T_bg

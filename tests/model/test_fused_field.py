@@ -1,0 +1,167 @@
+"""The fused triplane-sampling + decoder kernel against the eager path it replaces.
+
+On the CPU the kernel runs through Triton's interpreter (the same kernel source, executed with numpy), so these
+tests check its maths wherever Triton is installed; the CUDA test compiles it for real. Triton reads
+TRITON_INTERPRET when it is imported, and setting it would also turn every other Triton kernel of the process
+(inductor's) into the interpreter, so the interpreter tests run in a child pytest started with it set
+(``test_interpreter_tests_pass_in_a_child_process``); in the parent they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from model.cameras import CameraDistribution, sample_cameras  # noqa: E402
+from model.networks.psi import MOTION_DIM, Psi, PsiConfig  # noqa: E402
+from model.rendering import (  # noqa: E402
+    ImportanceRenderer,
+    OSGDecoder,
+    RenderingConfig,
+    sample_from_planes,
+    triplane_axes,
+)
+from model.rendering.fused_field import FusedTriplaneDecoder  # noqa: E402
+
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+interpreter = pytest.mark.skipif(not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 child process")
+N_INTERPRETER_TESTS = 9
+
+
+@pytest.mark.skipif(INTERPRETING, reason="this is the child")
+def test_interpreter_tests_pass_in_a_child_process():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                           "-m", "not gpu", "-k", "not child_process"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert f"{N_INTERPRETER_TESTS} passed" in done.stdout, done.stdout[-2000:]
+
+
+def _decoder(n_features: int, hidden: int, n_out: int, seed: int = 0) -> OSGDecoder:
+    torch.manual_seed(seed)
+    decoder = OSGDecoder(n_features, hidden, n_out, decoder_lr_mul=0.5)
+    torch.nn.init.normal_(decoder.out_sigma.weight)  # official zero-init would leave sigma constant
+    torch.nn.init.normal_(decoder.out_sigma.bias)
+    torch.nn.init.normal_(decoder.net[0].bias)
+    return decoder.eval()
+
+
+def _points(b: int, p: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(b, p, 3, generator=g) * 1.8 - 0.9  # box_warp 1.3: some points outside the cube
+    points[:, :4] = torch.tensor([[0.65, 0.0, 0.0], [-0.65, 0.65, -0.65], [0.0, 0.0, 0.0], [0.7, -0.7, 0.7]])
+    return points
+
+
+@interpreter
+@pytest.mark.parametrize("sizes", [(32, 64, 32), (8, 16, 8), (5, 20, 3)])
+@pytest.mark.parametrize("plane_dtype", [torch.float32, torch.bfloat16])
+def test_fused_decoder_equals_sampling_then_decoding(sizes, plane_dtype):
+    """Any channel widths (padded to the kernel's power-of-two tiles), points inside, on and outside the cube,
+    a per-image box scale, bf16 planes (sampled in fp32 on both paths)."""
+    n_features, hidden, n_out = sizes
+    decoder = _decoder(*sizes)
+    g = torch.Generator().manual_seed(2)
+    planes = torch.randn(2, 3, n_features, 12, 20, generator=g).to(plane_dtype)
+    points = _points(2, 700)
+    scale = torch.tensor([1.0, 0.8])
+    with torch.no_grad():
+        eager = decoder(sample_from_planes(triplane_axes(), planes, points, 1.3, scale))
+        rgb, sigma = FusedTriplaneDecoder(planes, decoder, 1.3, scale)(points)
+    assert rgb.shape == (2, 700, n_out) and sigma.shape == (2, 700, 1)
+    assert rgb.dtype == sigma.dtype == torch.float32
+    torch.testing.assert_close(rgb, eager.rgb, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(sigma, eager.sigma, atol=2e-5, rtol=1e-5)
+    outside = (points.abs() * 2 / (1.3 * scale.reshape(2, 1, 1)) > 1 + 1 / 12).any(-1)
+    assert outside.any() and (~outside).any()  # both kinds of points were in the test
+
+
+@interpreter
+def test_renderer_with_fused_field_equals_eager_render():
+    """The whole two-pass render (coarse, importance, merged composite) through a deformation, fused or not."""
+    decoder = _decoder(8, 16, 8)
+    g = torch.Generator().manual_seed(3)
+    planes = torch.randn(2, 3, 8, 16, 16, generator=g)
+    cams = sample_cameras(CameraDistribution(), 2, g)["c"]
+    cam2world, intrinsics = cams[:, :16].reshape(2, 4, 4), cams[:, 16:].reshape(2, 3, 3)
+    cfg = RenderingConfig(depth_resolution=8, depth_resolution_importance=8, perturb=False)
+    renderer = ImportanceRenderer()
+
+    def twist(points: torch.Tensor) -> torch.Tensor:
+        return points + 0.05 * torch.sin(3 * points.flip(-1))
+
+    with torch.no_grad():
+        eager = renderer.render_image(planes, decoder, cam2world, intrinsics, 12, cfg, twist)
+        fused = renderer.render_image(planes, decoder, cam2world, intrinsics, 12, cfg, twist, fused=True)
+    for a, b in zip(fused, eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # with a gradient the eager path runs (the kernel has no backward), so training is unaffected
+    planes.requires_grad_()
+    with_grad = renderer.render_image(planes, decoder, cam2world, intrinsics, 12, cfg, twist, fused=True)
+    with_grad.features.sum().backward()
+    assert planes.grad is not None and planes.grad.abs().sum() > 0
+
+
+@interpreter
+def test_psi_fused_field_render_matches_the_eager_render():
+    torch.manual_seed(0)
+    psi = Psi(PsiConfig.tiny(rendering=RenderingConfig(depth_resolution=6, depth_resolution_importance=6,
+                                                       perturb=False))).eval()
+    torch.nn.init.normal_(psi.decoder.out_sigma.weight)
+    g = torch.Generator().manual_seed(4)
+    s = psi.cfg.img_resolution
+    image = torch.rand(2, 3, s, s, generator=g) * 2 - 1
+    source_motion, motion = torch.randn(2, MOTION_DIM, generator=g), torch.randn(2, MOTION_DIM, generator=g)
+    c = sample_cameras(CameraDistribution(), 2, g)["c"]
+    with torch.no_grad():
+        source = psi.encode_source(image, source_motion)
+        eager = psi.render_frame(source, motion, c)
+        psi.fused_field = True
+        fused = psi.render_frame(source, motion, c)
+    for key in ("image", "image_raw", "image_depth", "T_bg"):
+        torch.testing.assert_close(fused[key], eager[key], atol=1e-4, rtol=1e-4)
+
+
+@interpreter
+def test_fused_decoder_refuses_what_it_cannot_do(monkeypatch):
+    decoder = _decoder(8, 16, 8)
+    planes = torch.randn(1, 3, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"planes must be \(B, 3, 8, H, W\)"):
+        FusedTriplaneDecoder(torch.randn(1, 3, 7, 4, 4), decoder, 1.3)
+    with pytest.raises(TypeError, match="OSGDecoder"):
+        FusedTriplaneDecoder(planes, lambda f, d=None: f, 1.3)
+    with pytest.raises(RuntimeError, match="no backward"):
+        FusedTriplaneDecoder(planes.requires_grad_(), decoder, 1.3)
+    fused = FusedTriplaneDecoder(planes.detach(), decoder, 1.3)
+    with pytest.raises(ValueError, match=r"points must be \(B=1, P, 3\)"):
+        fused(torch.zeros(2, 5, 3))
+    rgb, sigma = fused(torch.zeros(1, 0, 3))
+    assert rgb.shape == (1, 0, 8) and sigma.shape == (1, 0, 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="runs on CUDA"):
+        FusedTriplaneDecoder(planes.detach(), decoder, 1.3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA (and the compiler)")
+@pytest.mark.parametrize("plane_dtype", [torch.float32, torch.bfloat16])
+def test_fused_decoder_compiled_on_cuda_equals_eager(plane_dtype):
+    decoder = _decoder(32, 64, 32).cuda()
+    planes = torch.randn(2, 3, 32, 256, 256, device="cuda").to(plane_dtype)
+    points = _points(2, 100_000).cuda()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        eager = decoder(sample_from_planes(triplane_axes(), planes, points, 1.3))
+        rgb, sigma = FusedTriplaneDecoder(planes, decoder, 1.3)(points)
+    torch.testing.assert_close(rgb, eager.rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sigma, eager.sigma, atol=1e-4, rtol=1e-4)
