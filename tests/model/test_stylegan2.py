@@ -314,3 +314,24 @@ def test_superresolution_tiny_shapes_ws_ones_and_input_checks():
         sr(rgb, torch.randn(2, 7, 8, 8), ws)
     with pytest.raises(ValueError, match="4 x input_resolution"):
         SuperresolutionHybrid8XDC(cfg.model_copy(update={"img_resolution": 32}))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_superresolution_shared_style_on_cuda_fp16_blocks_and_bf16_autocast():
+    """On CUDA the SR blocks run in fp16 (official sr_num_fp16_res=4) and Ψ renders under bf16 autocast: the
+    shared-style dense convolutions must give the per-image grouped result within that precision."""
+    torch.manual_seed(0)
+    sr = SuperresolutionHybrid8XDC(SuperresolutionConfig()).cuda().eval()
+    feat = torch.rand(4, 32, 128, 128, device="cuda") * 2 - 1
+    w = torch.randn(1, 1, 512, device="cuda")
+    with torch.no_grad():
+        reference = sr(feat[:, :3], feat, w.expand(4, -1, -1)).float()
+        for autocast in (False, True):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                shared = sr(feat[:, :3], feat, w).float()
+                per_image = sr(feat[:, :3], feat, w.expand(4, -1, -1)).float()
+            # relative to the image's range: fp16 blocks round each layer to ~1e-3, bf16 to ~8e-3
+            tol = (5e-2 if autocast else 2e-2) * reference.abs().max().item()
+            assert (shared - per_image).abs().max().item() <= tol
+            assert (shared - reference).abs().max().item() <= tol
