@@ -40,6 +40,19 @@ class RayMarcher(nn.Module):
     fp32 because a bf16 transmittance product loses whole percents of opacity over 96 samples.
     """
 
+    @staticmethod
+    def weights(densities: torch.Tensor, depths: torch.Tensor, cfg: RenderingConfig) -> torch.Tensor:
+        """Per-interval weights (B, R, S-1, 1) alone, in >= fp32: all the coarse pass needs for importance
+        sampling (its composite colours would be thrown away)."""
+        dtype = torch.promote_types(torch.promote_types(densities.dtype, depths.dtype), torch.float32)
+        densities, depths = densities.to(dtype), depths.to(dtype)
+        deltas = depths[:, :, 1:] - depths[:, :, :-1]
+        densities_mid = density_activation((densities[:, :, :-1] + densities[:, :, 1:]) / 2, cfg)
+        alpha = 1 - torch.exp(-densities_mid * deltas)
+        # Transmittance before interval i: prod_{j<i} (1 - alpha_j + eps), exclusive cumulative product.
+        survive = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + _TRANSMITTANCE_EPS], dim=-2)
+        return alpha * torch.cumprod(survive, dim=-2)[:, :, :-1]
+
     def forward(
         self, colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tensor, cfg: RenderingConfig
     ) -> MarchResult:
@@ -52,17 +65,10 @@ class RayMarcher(nn.Module):
                 f"depths {tuple(depths.shape)}"
             )
         dtype = torch.promote_types(torch.promote_types(colors.dtype, densities.dtype), torch.float32)
-        colors, densities, depths = colors.to(dtype), densities.to(dtype), depths.to(dtype)
-
-        deltas = depths[:, :, 1:] - depths[:, :, :-1]
+        colors, depths = colors.to(dtype), depths.to(dtype)
+        weights = self.weights(densities.to(dtype), depths, cfg)
         colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
-        densities_mid = density_activation((densities[:, :, :-1] + densities[:, :, 1:]) / 2, cfg)
         depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
-
-        alpha = 1 - torch.exp(-densities_mid * deltas)
-        # Transmittance before interval i: prod_{j<i} (1 - alpha_j + eps), exclusive cumulative product.
-        survive = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + _TRANSMITTANCE_EPS], dim=-2)
-        weights = alpha * torch.cumprod(survive, dim=-2)[:, :, :-1]
 
         rgb = (weights * colors_mid).sum(-2)
         weights_sum = weights.sum(-2)

@@ -140,9 +140,9 @@ def render_rays(
     )
     colors, densities = evaluate(depths)
     if cfg.depth_resolution_importance > 0:
-        coarse = marcher(colors, densities, depths, cfg)
+        coarse_weights = marcher.weights(densities, depths, cfg)  # the coarse composite itself is never used
         depths_fine = sample_importance(
-            depths, coarse.weights, cfg.depth_resolution_importance, not cfg.perturb, generator
+            depths, coarse_weights, cfg.depth_resolution_importance, not cfg.perturb, generator
         )
         colors_fine, densities_fine = evaluate(depths_fine)
         depths, colors, densities = unify_samples(depths, colors, densities, depths_fine, colors_fine, densities_fine)
