@@ -125,6 +125,9 @@ def _vertex_search(device: torch.device) -> str:
     from model.deformation import nearest  # here, not at the top: a --before-src child's model may lack it
 
     mode = "eager" if device.type != "cuda" or os.environ.get("P4D_EAGER") == "1" else "torch.compile"
+    kernel = getattr(nearest, "nearest_top2", None)
+    if kernel is not None and nearest.VERTEX_CANDIDATES == 2 and kernel.enabled(device):
+        mode = "Triton top-2 kernel, P4D_NEAREST_KERNEL=triton"
     return f"part-field vertex search: float32 top-{nearest.VERTEX_CANDIDATES} ({mode}) + float64 rank"
 
 

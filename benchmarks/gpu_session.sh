@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement issue #18 still needs, in one device call (the device tool's 10-minute command limit;
-# few, full calls cost the least). Run from the repository root on the GPU machine:
+# few, full calls cost the least; the steps' limits add up to 585 s). Run from the repository root on the GPU machine:
 #
 #   bash benchmarks/gpu_session.sh              # writes one .txt per step under $OUT (or ./gpu-session)
 #   SMOKE=1 bash benchmarks/gpu_session.sh      # the same steps at tiny sizes, on whatever device there is
@@ -15,7 +15,9 @@
 #   4 psi-compiled  bench_psi bf16 with animate.compile (Ψ's per-frame modules compiled)
 #   5 sr            bench_superresolution: shared style vs one style per image (default flags)
 #   6 trace         bench_psi --trace bf16:8: top kernels of one call
-#   7 train         bench_train Ψ, 30 iterations after 10 warm-up (bf16, default flags)
+#   7 fields        bench_fields, part field with the inductor search, then with the Triton top-2 kernel
+#   8 synthesize    bench_synthesize batch 8 (GenHead, part field included), inductor search then Triton top-2
+#   9 train         bench_train Ψ, up to 30 iterations or 25 s after 5 warm-up (bf16, default flags)
 set -u
 OUT="${OUT:-$PWD/gpu-session}"
 mkdir -p "$OUT"
@@ -32,7 +34,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     PROFILE=tiny; ITERS="--iters 1 --warmup 1"; BATCHES=1,2; TRAIN_ITERS="--iters 1 --warmup 1"; SR_BATCHES=2
     SR_ITERS="--iters 1 --warmup 0 --dtypes fp32 --modes eval"; DEVICE="${DEVICE:-cpu}"
 else
-    PROFILE=paper; ITERS="--iters 10 --warmup 3"; BATCHES=1,8; TRAIN_ITERS="--iters 30 --warmup 10"; SR_BATCHES=1,8
+    PROFILE=paper; ITERS="--iters 10 --warmup 3"; BATCHES=1,8; TRAIN_ITERS="--iters 30 --warmup 5 --max-seconds 25"; SR_BATCHES=1,8
     SR_ITERS="--iters 10 --warmup 3"; DEVICE="${DEVICE:-cuda}"
 fi
 
@@ -48,16 +50,22 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output and exit
 { date -u; "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>/dev/null; } > "$OUT/summary.txt" 2>&1
 
-step gpu-tests 80 "$PY" -m pytest -q -m gpu tests/model -p no:cacheprovider
-step psi-default 130 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --breakdown \
+step gpu-tests 75 "$PY" -m pytest -q -m gpu tests/model -p no:cacheprovider
+step psi-default 120 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --breakdown \
     --batches "$BATCHES" $ITERS --json "$OUT/psi-default.json"
-step psi-fused 70 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
+step psi-fused 60 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
     --fused-field --breakdown --batches "$BATCHES" $ITERS
-step psi-compiled 100 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
+step psi-compiled 80 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
     --compile-modules --breakdown --batches "$BATCHES" $ITERS
-step sr 40 "$PY" benchmarks/bench_superresolution.py --device "$DEVICE" --tf32 default --batches "$SR_BATCHES" $SR_ITERS
-step trace 35 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
+step sr 30 "$PY" benchmarks/bench_superresolution.py --device "$DEVICE" --tf32 default --batches "$SR_BATCHES" $SR_ITERS
+step trace 30 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
     --batches 1 --iters 1 --warmup 1 --trace "bf16:${BATCHES##*,}"
-step train 80 "$PY" benchmarks/bench_train.py --stage psi --device "$DEVICE" --profile "$PROFILE" --batch-per-gpu 4 \
+step fields 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" --batches "$BATCHES" $ITERS
+step fields-triton 30 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_fields.py --device "$DEVICE" \
+    --batches "$BATCHES" $ITERS
+step synthesize 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
+step synthesize-triton 40 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" \
+    --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
+step train 50 "$PY" benchmarks/bench_train.py --stage psi --device "$DEVICE" --profile "$PROFILE" --batch-per-gpu 4 \
     $TRAIN_ITERS
 cat "$OUT/summary.txt"

@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from model.compiled import compiled, compiling, on_cuda
+from model.deformation import nearest_top2
 
 
 class NearestTriangle(NamedTuple):
@@ -240,7 +241,10 @@ def _fp32_min_excluding(
 
 def _fp32_candidates(points: torch.Tensor, verts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """points (B, c, 3), verts (B, N, 3) float32 -> the k smallest float32 squared distances (B, c, k),
-    ascending, and their vertex ids (B, c, k). Eager (CPU, P4D_EAGER): one distance tensor and a top-k."""
+    ascending, and their vertex ids (B, c, k). Eager (CPU, P4D_EAGER): one distance tensor and a top-k; with
+    P4D_NEAREST_KERNEL=triton and k = 2, one Triton pass (model.deformation.nearest_top2)."""
+    if k == 2 and nearest_top2.enabled(points.device):
+        return nearest_top2.top2_candidates(points, verts)
     if not compiling(points.device):
         return _sq_dist(points[:, :, None], verts[:, None]).topk(k, largest=False)
     search = compiled(_fp32_min_excluding)
@@ -300,7 +304,7 @@ def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: 
     p32, v32 = points.float(), verts.float()
     # max_pairs budgets 8 B a pair (one float64); eager holds ~6 float32 (B, c, N) tensors, compiled none
     # (there the chunk only bounds one launch). Eager chunks past EAGER_CHUNK_PAIRS only miss the cache.
-    fused = compiling(p32.device)
+    fused = compiling(p32.device) or (k == 2 and nearest_top2.enabled(p32.device))  # no (c, N) tensor either way
     pairs = max_pairs * 16 if fused else min(max_pairs // 3, EAGER_CHUNK_PAIRS)
     step = max(1, pairs // max(1, points.shape[0] * n))
     found = [_fp32_candidates(p32[:, s : s + step], v32, k) for s in range(0, points.shape[1], step)]

@@ -17,38 +17,23 @@ Tests run it through Triton's interpreter on the CPU (``TRITON_INTERPRET=1``) ag
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import torch
 
 from model.rendering.decoder import OSGDecoder
-
-try:  # ships with CUDA builds of torch; the kernel body below needs the name at jit time only
-    import triton.language as tl
-except ImportError:  # pragma: no cover - CPU-only installs without Triton
-    tl = None
+from model.triton_support import available, interpreting, jitted, tl
 
 BLOCK_POINTS = 64  # points per program on the GPU
 _INTERPRETER_BLOCK = 4096  # the interpreter runs a program as numpy arrays: bigger blocks, fewer Python loops
 
 
-def available() -> bool:
-    """Whether Triton can be imported here (it ships with CUDA builds of torch)."""
-    return tl is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-if tl is not None:  # the kernel body (jitted by _kernel); its annotations need triton.language
+if tl is not None:  # the kernel body; its annotations need triton.language
 
     def _decode(points_ptr, scale_ptr, planes_ptr, w1_ptr, b1_ptr, wr_ptr, br_ptr, ws_ptr, bs_ptr, rgb_ptr, sigma_ptr,
                 n_points, height, width, n_ch, n_hidden, n_out,
                 C: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr, BLOCK: tl.constexpr):
-        """Kernel body (jitted by _kernel): one program = BLOCK points of one batch element."""
+        """Kernel body (jitted on first use): one program = BLOCK points of one batch element."""
         batch = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = rows < n_points
@@ -117,15 +102,6 @@ if tl is not None:  # the kernel body (jitted by _kernel); its annotations need 
         tl.store(sigma_ptr + out_rows, sigma, mask=valid)
 
 
-@functools.cache
-def _kernel(interpret: bool):
-    """The jitted kernel, built on first use: Triton decides when it jits whether it interprets."""
-    del interpret  # part of the cache key only
-    import triton
-
-    return triton.jit(_decode)
-
-
 def _effective(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """(weightᵀ (in, out), bias (out,)) of an equalized-lr FullyConnectedLayer, in fp32, gains folded in."""
     weight = layer.weight.detach().float() * layer.weight_gain
@@ -147,13 +123,13 @@ class FusedTriplaneDecoder:
 
     def __init__(self, planes: torch.Tensor, decoder: OSGDecoder, box_warp: float,
                  box_warp_scale: float | torch.Tensor = 1.0) -> None:
-        if tl is None:
+        if not available():
             raise RuntimeError("the fused triplane decoder needs Triton (it ships with CUDA builds of torch)")
         if not isinstance(decoder, OSGDecoder):
             raise TypeError(f"the fused kernel implements OSGDecoder, got {type(decoder).__name__}")
         if planes.dim() != 5 or planes.shape[1] != 3 or planes.shape[2] != decoder.n_features:
             raise ValueError(f"planes must be (B, 3, {decoder.n_features}, H, W), got {tuple(planes.shape)}")
-        if planes.device.type != "cuda" and not _interpreting():
+        if planes.device.type != "cuda" and not interpreting():
             raise RuntimeError("the fused triplane decoder runs on CUDA (or under TRITON_INTERPRET=1)")
         if planes.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("the fused triplane decoder has no backward: call it under torch.no_grad()")
@@ -179,10 +155,9 @@ class FusedTriplaneDecoder:
         sigma = torch.empty(self.batch, p, 1, dtype=torch.float32, device=points.device)
         if p == 0:
             return rgb, sigma
-        interpret = _interpreting()
-        block = _INTERPRETER_BLOCK if interpret else BLOCK_POINTS
+        block = _INTERPRETER_BLOCK if interpreting() else BLOCK_POINTS
         grid = ((p + block - 1) // block, self.batch)
-        _kernel(interpret)[grid](
+        jitted(_decode)[grid](
             points, self.scale, self.planes, self.w1, self.b1, self.wr, self.br, self.ws.reshape(-1), self.bs, rgb,
             sigma, p, self.height, self.width, self.channels, self.hidden, self.n_out,
             C=_padded(self.channels), HID=_padded(self.hidden), OUT=_padded(self.n_out), BLOCK=block)

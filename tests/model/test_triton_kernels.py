@@ -1,4 +1,5 @@
-"""The fused triplane-sampling + decoder kernel against the eager path it replaces.
+"""The hand-written Triton kernels against the eager paths they replace: the fused triplane-sampling + decoder
+kernel (model/rendering/fused_field.py) and the nearest-vertex top-2 pass (model/deformation/nearest_top2.py).
 
 On the CPU the kernel runs through Triton's interpreter (the same kernel source, executed with numpy), so these
 tests check its maths wherever Triton is installed; the CUDA test compiles it for real. Triton reads
@@ -19,7 +20,11 @@ import torch
 
 pytest.importorskip("triton")
 
+import numpy as np  # noqa: E402
+
 from model.cameras import CameraDistribution, sample_cameras  # noqa: E402
+from model.deformation import nearest as nr  # noqa: E402
+from model.deformation import nearest_top2  # noqa: E402
 from model.networks.psi import MOTION_DIM, Psi, PsiConfig  # noqa: E402
 from model.rendering import (  # noqa: E402
     ImportanceRenderer,
@@ -33,7 +38,7 @@ from model.rendering.fused_field import FusedTriplaneDecoder  # noqa: E402
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 interpreter = pytest.mark.skipif(not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 child process")
-N_INTERPRETER_TESTS = 9
+N_INTERPRETER_TESTS = 12
 
 
 @pytest.mark.skipif(INTERPRETING, reason="this is the child")
@@ -165,3 +170,76 @@ def test_fused_decoder_compiled_on_cuda_equals_eager(plane_dtype):
         rgb, sigma = FusedTriplaneDecoder(planes, decoder, 1.3)(points)
     torch.testing.assert_close(rgb, eager.rgb, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sigma, eager.sigma, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- nearest-vertex top-2 pass
+
+
+def _top2_reference(points: torch.Tensor, verts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The two smallest float32 keys per point, ascending ((dx² + dy²) + dz² as nearest._sq_dist)."""
+    keys = nr._sq_dist(points[:, :, None], verts[:, None]).numpy()
+    return np.sort(keys, -1)[..., :2], keys
+
+
+@interpreter
+def test_top2_pass_returns_the_two_smallest_keys_with_distinct_ids():
+    g = torch.Generator().manual_seed(7)
+    verts = torch.randn(2, 150, 3, generator=g) * 0.3  # 150: the last vertex tile is partial
+    verts[:, 100] = verts[:, 3]  # a duplicated vertex: both copies must be able to come back
+    points = torch.cat([(torch.rand(2, 300, 3, generator=g) - 0.5) * 1.2, verts[:, :20] + 1e-7], dim=1)
+    keys, ids = nearest_top2.top2_candidates(points, verts)
+    want, all_keys = _top2_reference(points, verts)
+    np.testing.assert_allclose(keys.numpy(), want, rtol=4 * 2.0**-24, atol=0)  # FMA may remove roundings
+    assert (ids[..., 0] != ids[..., 1]).all()
+    # the ids have the keys they come with
+    picked = np.take_along_axis(all_keys, ids.numpy(), axis=-1)
+    np.testing.assert_allclose(picked, keys.numpy(), rtol=4 * 2.0**-24, atol=0)
+    with pytest.raises(ValueError, match="at least 2 vertices"):
+        nearest_top2.top2_candidates(points, verts[:, :1])
+    with pytest.raises(TypeError, match="float32"):
+        nearest_top2.top2_candidates(points.double(), verts.double())
+
+
+@interpreter
+def test_search_with_the_top2_kernel_is_still_the_float64_brute_force(monkeypatch):
+    """Through nearest_vertex (float64 rank + re-search of uncertified points), near-ties and lattice ties."""
+    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
+    assert nearest_top2.enabled("cpu")
+    g = torch.Generator().manual_seed(12)
+    verts = torch.round(torch.randn(2, 200, 3, generator=g) * 0.3 * 8) / 8  # coincident and lattice vertices
+    i, j = torch.randint(0, 200, (2, 2, 300), generator=g)
+    mid = (verts.gather(1, i[..., None].expand(-1, -1, 3)) + verts.gather(1, j[..., None].expand(-1, -1, 3))) / 2
+    points = torch.cat([(torch.rand(2, 300, 3, generator=g) - 0.5) * 1.2, mid], dim=1)
+    calls = []
+    real = nearest_top2.top2_candidates
+    monkeypatch.setattr(nearest_top2, "top2_candidates", lambda p, v: calls.append(p.shape) or real(p, v))
+    hit = nr.nearest_vertex(points, verts, candidates=2)
+    p64, v64 = points.double().numpy()[:, :, None], verts.double().numpy()[:, None]
+    dx, dy, dz = (p64 - v64).transpose(3, 0, 1, 2)
+    np.testing.assert_array_equal(hit.index.numpy(), (dx * dx + dy * dy + dz * dz).argmin(-1))
+    assert calls  # the kernel did the candidate pass
+
+
+@interpreter
+def test_top2_kernel_stays_off_unless_asked(monkeypatch):
+    monkeypatch.delenv(nearest_top2.KERNEL_ENV, raising=False)
+    assert not nearest_top2.enabled("cpu")
+    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not nearest_top2.enabled("cpu")  # compiled Triton needs CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA (and the compiler)")
+def test_top2_kernel_compiled_on_cuda_gives_the_float64_answer(monkeypatch):
+    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
+    g = torch.Generator().manual_seed(13)
+    verts = torch.randn(4, 3931, 3, generator=g) * 0.3  # GenHead's part-search size
+    points = (torch.rand(4, 50_000, 3, generator=g) - 0.5) * 1.2
+    keys, ids = nearest_top2.top2_candidates(points.cuda(), verts.cuda())
+    want, _ = _top2_reference(points[:, :2000], verts)
+    np.testing.assert_allclose(keys[:, :2000].cpu().numpy(), want, rtol=4 * 2.0**-24, atol=0)
+    hit = nr.nearest_vertex(points.cuda(), verts.cuda())
+    p64, v64 = points[:, :2000].double(), verts.double()
+    exact = nr._sq_dist(p64[:, :, None], v64[:, None]).argmin(-1)
+    assert torch.equal(hit.index[:, :2000].cpu(), exact)
