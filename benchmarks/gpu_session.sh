@@ -33,9 +33,10 @@ fi
 if [ "${SMOKE:-0}" = 1 ]; then
     PROFILE=tiny; ITERS="--iters 1 --warmup 1"; BATCHES=1,2; TRAIN_ITERS="--iters 1 --warmup 1"; SR_BATCHES=2
     SR_ITERS="--iters 1 --warmup 0 --dtypes fp32 --modes eval"; DEVICE="${DEVICE:-cpu}"
+    FIELDS="--batches 1 --iters 1 --warmup 0 --lookup-points 2000 --part-points 2000"  # real FLAME sizes: keep small
 else
     PROFILE=paper; ITERS="--iters 10 --warmup 3"; BATCHES=1,8; TRAIN_ITERS="--iters 30 --warmup 5 --max-seconds 25"; SR_BATCHES=1,8
-    SR_ITERS="--iters 10 --warmup 3"; DEVICE="${DEVICE:-cuda}"
+    SR_ITERS="--iters 10 --warmup 3"; DEVICE="${DEVICE:-cuda}"; FIELDS="--batches $BATCHES $ITERS"
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output and exit status into $OUT/NAME.txt
@@ -60,9 +61,8 @@ step psi-compiled 80 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile 
 step sr 30 "$PY" benchmarks/bench_superresolution.py --device "$DEVICE" --tf32 default --batches "$SR_BATCHES" $SR_ITERS
 step trace 30 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
     --batches 1 --iters 1 --warmup 1 --trace "bf16:${BATCHES##*,}"
-step fields 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" --batches "$BATCHES" $ITERS
-step fields-triton 30 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_fields.py --device "$DEVICE" \
-    --batches "$BATCHES" $ITERS
+step fields 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS
+step fields-triton 30 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS
 step synthesize 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
 step synthesize-triton 40 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" \
     --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
