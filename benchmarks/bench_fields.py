@@ -60,13 +60,16 @@ from timing import timed  # noqa: E402  (benchmarks/ is the script's folder)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 LOOKUP_POINTS = 128 * 128 * 96  # Ψ: neural 128², 48 coarse + 48 fine samples per ray
 PART_POINTS = 64 * 64 * 96  # GenHead synthesis: neural 64², 48 + 48 samples per ray
+VERTEX_SEARCH_KERNEL = "torch"  # --vertex-search-kernel (DeformationConfig.vertex_search_kernel)
 
 
 def _head(device: torch.device) -> FlameHead:
     arrays = synthetic_flame_arrays(0, n_vertices=5023)
     parts = synthetic_flame_parts(arrays)
     proxy = build_proxy_mesh(arrays["v_template"], arrays["f"], 730, part_labels(parts))
-    return FlameHead(FlameLayer(arrays), proxy, parts, None, DeformationConfig()).to(device)
+    # only name the field when it is not the default: a --before-src child's DeformationConfig may predate it
+    kernel = {} if VERTEX_SEARCH_KERNEL == "torch" else {"vertex_search_kernel": VERTEX_SEARCH_KERNEL}
+    return FlameHead(FlameLayer(arrays), proxy, parts, None, DeformationConfig(**kernel)).to(device)
 
 
 def _conditions(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -126,8 +129,8 @@ def _vertex_search(device: torch.device) -> str:
 
     mode = "eager" if device.type != "cuda" or os.environ.get("P4D_EAGER") == "1" else "torch.compile"
     kernel = getattr(nearest, "nearest_top2", None)
-    if kernel is not None and nearest.VERTEX_CANDIDATES == 2 and kernel.enabled(device):
-        mode = "Triton top-2 kernel, P4D_NEAREST_KERNEL=triton"
+    if kernel is not None and nearest.VERTEX_CANDIDATES == 2 and kernel.enabled(VERTEX_SEARCH_KERNEL, device):
+        mode = "Triton top-2 kernel, vertex_search_kernel triton"
     return f"part-field vertex search: float32 top-{nearest.VERTEX_CANDIDATES} ({mode}) + float64 rank"
 
 
@@ -147,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--lookup-points", type=int, default=LOOKUP_POINTS, help="neck-field lookup points per frame")
     parser.add_argument("--part-points", type=int, default=PART_POINTS, help="part-field points per frame")
+    parser.add_argument("--vertex-search-kernel", default="torch", choices=("torch", "triton"),
+                        help="the part field's float32 candidate pass (triton: CUDA only; model/deformation/nearest_top2.py)")
     parser.add_argument("--before-src", default=None, help="a directory holding an older ``model`` package to time too")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global VERTEX_SEARCH_KERNEL
+    VERTEX_SEARCH_KERNEL = args.vertex_search_kernel
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()

@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--vertex-search-kernel", default="torch", choices=("torch", "triton"),
+                        help="the part field's float32 candidate pass (triton: CUDA only; model/deformation/nearest_top2.py)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,13 +72,15 @@ def main() -> None:
     torch.manual_seed(0)
     genhead = GenHead(cfg.networks.genhead)
     n_vertices = 5023 if args.profile == "paper" else None
-    head = build_flame_head(synthetic_flame_arrays(0, n_vertices=n_vertices),
-                            DeformationConfig() if args.profile == "paper" else DeformationConfig.tiny())
+    deformation = DeformationConfig() if args.profile == "paper" else DeformationConfig.tiny()
+    deformation = deformation.model_copy(update={"vertex_search_kernel": args.vertex_search_kernel})
+    head = build_flame_head(synthetic_flame_arrays(0, n_vertices=n_vertices), deformation)
     pool = LabelPool.from_arrays([("bench", _labels(64))])
 
     rows = []
     print(f"GenHead synthesis, profile {args.profile}, device {device}, neural {base.neural_rendering_resolution}, "
-          f"image {cfg.networks.genhead.img_resolution}, triplane points {base.triplane_points}")
+          f"image {cfg.networks.genhead.img_resolution}, triplane points {base.triplane_points}, "
+          f"vertex search kernel {args.vertex_search_kernel}")
     print("| dtype | batch | render images/s | ms / batch | encode images/s (CPU) | peak GPU GiB |")
     print("|---|---|---|---|---|---|")
     for dtype in args.dtype:

@@ -62,10 +62,10 @@ step sr 30 "$PY" benchmarks/bench_superresolution.py --device "$DEVICE" --tf32 d
 step trace 30 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFILE" --tf32 default --dtypes bf16 \
     --batches 1 --iters 1 --warmup 1 --trace "bf16:${BATCHES##*,}"
 step fields 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS
-step fields-triton 30 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS
+step fields-triton 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS --vertex-search-kernel triton
 step synthesize 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
-step synthesize-triton 40 env P4D_NEAREST_KERNEL=triton "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" \
-    --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
+step synthesize-triton 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" \
+    --batch "${BATCHES##*,}" $ITERS --vertex-search-kernel triton
 step train 50 "$PY" benchmarks/bench_train.py --stage psi --device "$DEVICE" --profile "$PROFILE" --batch-per-gpu 4 \
     $TRAIN_ITERS
 cat "$OUT/summary.txt"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -53,6 +55,10 @@ class DeformationConfig(BaseModel):
     search_bytes: int = Field(
         1 << 28, ge=1, description="working memory of one chunk of the nearest-triangle / nearest-vertex searches"
     )
+    vertex_search_kernel: Literal["torch", "triton"] = Field(
+        "torch", description="the part field's float32 nearest-vertex candidate pass: torch (inductor on CUDA, eager "
+        "elsewhere) or triton (one Triton kernel, model/deformation/nearest_top2.py; CUDA only, elsewhere the torch "
+        "pass runs). The same answer either way; triton's GPU speed is not measured yet")
     raster_tile: int = Field(16, ge=1, description="rasteriser tile side (pixels)")
     raster_chunk: int = Field(1 << 22, ge=1, description="pixel-triangle tests per rasteriser chunk")
 

@@ -239,11 +239,12 @@ def _fp32_min_excluding(
     return d.min(-1)
 
 
-def _fp32_candidates(points: torch.Tensor, verts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fp32_candidates(points: torch.Tensor, verts: torch.Tensor, k: int,
+                     kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """points (B, c, 3), verts (B, N, 3) float32 -> the k smallest float32 squared distances (B, c, k),
     ascending, and their vertex ids (B, c, k). Eager (CPU, P4D_EAGER): one distance tensor and a top-k; with
-    P4D_NEAREST_KERNEL=triton and k = 2, one Triton pass (model.deformation.nearest_top2)."""
-    if k == 2 and nearest_top2.enabled(points.device):
+    kernel "triton" and k = 2 where Triton runs, one Triton pass (model.deformation.nearest_top2)."""
+    if k == 2 and nearest_top2.enabled(kernel, points.device):
         return nearest_top2.top2_candidates(points, verts)
     if not compiling(points.device):
         return _sq_dist(points[:, :, None], verts[:, None]).topk(k, largest=False)
@@ -295,7 +296,8 @@ def _redo_uncertified(
             index[b, sel] = _exact_search(points[b : b + 1, sel], verts[b : b + 1], max_pairs)[0]
 
 
-def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: int, k: int) -> torch.Tensor:
+def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: int, k: int,
+                          kernel: str = "torch") -> torch.Tensor:
     """(B, P) index of the float64-nearest vertex, ties to the lowest index (no autograd)."""
     n = verts.shape[1]
     exact_in_fp32 = all(t.dtype in (torch.float32, torch.bfloat16, torch.float16) for t in (points, verts))
@@ -304,10 +306,10 @@ def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: 
     p32, v32 = points.float(), verts.float()
     # max_pairs budgets 8 B a pair (one float64); eager holds ~6 float32 (B, c, N) tensors, compiled none
     # (there the chunk only bounds one launch). Eager chunks past EAGER_CHUNK_PAIRS only miss the cache.
-    fused = compiling(p32.device) or (k == 2 and nearest_top2.enabled(p32.device))  # no (c, N) tensor either way
+    fused = compiling(p32.device) or (k == 2 and nearest_top2.enabled(kernel, p32.device))  # no (c, N) tensor
     pairs = max_pairs * 16 if fused else min(max_pairs // 3, EAGER_CHUNK_PAIRS)
     step = max(1, pairs // max(1, points.shape[0] * n))
-    found = [_fp32_candidates(p32[:, s : s + step], v32, k) for s in range(0, points.shape[1], step)]
+    found = [_fp32_candidates(p32[:, s : s + step], v32, k, kernel) for s in range(0, points.shape[1], step)]
     keys, cands = torch.cat([f[0] for f in found], dim=1), torch.cat([f[1] for f in found], dim=1)
     index = _ranked_candidates(points, verts, cands[..., : k - 1])
     _redo_uncertified(index, _certified(keys), points, verts, max_pairs)
@@ -315,19 +317,23 @@ def _nearest_vertex_index(points: torch.Tensor, verts: torch.Tensor, max_pairs: 
 
 
 def nearest_vertex(
-    points: torch.Tensor, verts: torch.Tensor, max_pairs: int = 1 << 22, candidates: int = VERTEX_CANDIDATES
+    points: torch.Tensor, verts: torch.Tensor, max_pairs: int = 1 << 22, candidates: int = VERTEX_CANDIDATES,
+    kernel: str = "torch",
 ) -> NearestVertex:
     """Nearest of verts (B,N,3) to each of points (B,P,3) (pytorch3d knn_points with K=1).
 
     The index is the float64 brute force's: the lowest index among the vertices whose float64 squared
-    distance (``_sq_dist``) is the smallest; ``candidates`` (2..4) is the float32 pass's k.
+    distance (``_sq_dist``) is the smallest; ``candidates`` (2..4) is the float32 pass's k; ``kernel``
+    "triton" runs that pass as one Triton kernel where Triton runs (k = 2; same answer).
     """
     _check(points, verts)
     if verts.shape[1] == 0:
         raise ValueError("cannot search an empty vertex set")
     if not 2 <= candidates <= 4:
         raise ValueError(f"candidates must be 2..4, got {candidates}")
+    if kernel not in ("torch", "triton"):
+        raise ValueError(f"kernel must be 'torch' or 'triton', got {kernel!r}")
     with torch.no_grad():
-        index = _nearest_vertex_index(points.detach(), verts.detach(), max_pairs, candidates)
+        index = _nearest_vertex_index(points.detach(), verts.detach(), max_pairs, candidates, kernel)
     nearest = torch.gather(verts, 1, index[..., None].expand(-1, -1, 3))
     return NearestVertex((nearest - points).square().sum(-1), index)

@@ -10,26 +10,25 @@ The contract is the one the certification relies on: the two smallest float32 sq
 ascending, and two distinct vertex ids that have them; the key is ``(dx² + dy²) + dz²`` in float32 (the compiler
 may fuse a multiply-add, which only removes roundings, inside the certification's error bound). Ties may pick
 either vertex: the float64 rank and the re-search decide the answer, not this pass. Off by default until measured
-on a GPU: ``P4D_NEAREST_KERNEL=triton`` turns it on.
+on a GPU: the deformation config's ``vertex_search_kernel: triton`` turns it on.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from model.triton_support import interpreting, jitted, runs_on, tl
 
-KERNEL_ENV = "P4D_NEAREST_KERNEL"
 BLOCK_POINTS = 64  # points per program on the GPU
 BLOCK_VERTS = 64  # vertices per tile
 _INTERPRETER_BLOCK_POINTS = 2048  # the interpreter runs a program as numpy arrays: bigger blocks, fewer loops
 
 
-def enabled(device: torch.device | str) -> bool:
-    """Whether the search should use this kernel on ``device`` (P4D_NEAREST_KERNEL=triton, and Triton runs there)."""
-    return os.environ.get(KERNEL_ENV) == "triton" and runs_on(device)
+def enabled(kernel: str, device: torch.device | str) -> bool:
+    """Whether the candidate pass runs this kernel: asked for (``kernel == "triton"``) and Triton runs on ``device``."""
+    if kernel not in ("torch", "triton"):
+        raise ValueError(f"vertex search kernel must be 'torch' or 'triton', got {kernel!r}")
+    return kernel == "triton" and runs_on(device)
 
 
 if tl is not None:  # the kernel body; its annotations need triton.language

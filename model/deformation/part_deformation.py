@@ -91,7 +91,7 @@ def part_deformation(
     eps = cfg.region_weight_eps
 
     def part(ids: torch.Tensor, mesh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hit = nearest_vertex(points, mesh[:, ids], cfg.vertex_search_pairs)
+        hit = nearest_vertex(points, mesh[:, ids], cfg.vertex_search_pairs, kernel=cfg.vertex_search_kernel)
         offset = _region_offset(points, ids[hit.index], mesh, canonical, regions, eps)
         return points + offset, torch.sqrt(hit.dist_sq + 1e-12)
 

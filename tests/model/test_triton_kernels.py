@@ -203,8 +203,7 @@ def test_top2_pass_returns_the_two_smallest_keys_with_distinct_ids():
 @interpreter
 def test_search_with_the_top2_kernel_is_still_the_float64_brute_force(monkeypatch):
     """Through nearest_vertex (float64 rank + re-search of uncertified points), near-ties and lattice ties."""
-    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
-    assert nearest_top2.enabled("cpu")
+    assert nearest_top2.enabled("triton", "cpu")  # under the interpreter
     g = torch.Generator().manual_seed(12)
     verts = torch.round(torch.randn(2, 200, 3, generator=g) * 0.3 * 8) / 8  # coincident and lattice vertices
     i, j = torch.randint(0, 200, (2, 2, 300), generator=g)
@@ -213,7 +212,7 @@ def test_search_with_the_top2_kernel_is_still_the_float64_brute_force(monkeypatc
     calls = []
     real = nearest_top2.top2_candidates
     monkeypatch.setattr(nearest_top2, "top2_candidates", lambda p, v: calls.append(p.shape) or real(p, v))
-    hit = nr.nearest_vertex(points, verts, candidates=2)
+    hit = nr.nearest_vertex(points, verts, candidates=2, kernel="triton")
     p64, v64 = points.double().numpy()[:, :, None], verts.double().numpy()[:, None]
     dx, dy, dz = (p64 - v64).transpose(3, 0, 1, 2)
     np.testing.assert_array_equal(hit.index.numpy(), (dx * dx + dy * dy + dz * dz).argmin(-1))
@@ -222,24 +221,30 @@ def test_search_with_the_top2_kernel_is_still_the_float64_brute_force(monkeypatc
 
 @interpreter
 def test_top2_kernel_stays_off_unless_asked(monkeypatch):
-    monkeypatch.delenv(nearest_top2.KERNEL_ENV, raising=False)
-    assert not nearest_top2.enabled("cpu")
-    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
+    """The default search never calls it; asked for where only compiled Triton could run (a CPU), the torch pass
+    runs; a misspelt kernel is refused."""
+    calls = []
+    monkeypatch.setattr(nearest_top2, "top2_candidates", lambda p, v: calls.append(1))
+    verts, points = torch.randn(1, 30, 3), torch.randn(1, 40, 3)
+    default = nr.nearest_vertex(points, verts)
+    assert not calls and not nearest_top2.enabled("torch", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not nearest_top2.enabled("cpu")  # compiled Triton needs CUDA
+    assert not nearest_top2.enabled("triton", "cpu")  # compiled Triton needs CUDA
+    assert torch.equal(nr.nearest_vertex(points, verts, kernel="triton").index, default.index) and not calls
+    with pytest.raises(ValueError, match="kernel must be 'torch' or 'triton', got 'cuda'"):
+        nr.nearest_vertex(points, verts, kernel="cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA (and the compiler)")
-def test_top2_kernel_compiled_on_cuda_gives_the_float64_answer(monkeypatch):
-    monkeypatch.setenv(nearest_top2.KERNEL_ENV, "triton")
+def test_top2_kernel_compiled_on_cuda_gives_the_float64_answer():
     g = torch.Generator().manual_seed(13)
     verts = torch.randn(4, 3931, 3, generator=g) * 0.3  # GenHead's part-search size
     points = (torch.rand(4, 50_000, 3, generator=g) - 0.5) * 1.2
     keys, ids = nearest_top2.top2_candidates(points.cuda(), verts.cuda())
     want, _ = _top2_reference(points[:, :2000], verts)
     np.testing.assert_allclose(keys[:, :2000].cpu().numpy(), want, rtol=4 * 2.0**-24, atol=0)
-    hit = nr.nearest_vertex(points.cuda(), verts.cuda())
+    hit = nr.nearest_vertex(points.cuda(), verts.cuda(), kernel="triton")
     p64, v64 = points[:, :2000].double(), verts.double()
     exact = nr._sq_dist(p64[:, :, None], v64[:, None]).argmin(-1)
     assert torch.equal(hit.index[:, :2000].cpu(), exact)
