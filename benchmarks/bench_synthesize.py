@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--fused-field", action="store_true",
+                        help="CUDA: part-triplane sampling + decoder in one Triton kernel (synthesize.fused_field)")
     parser.add_argument("--vertex-search-kernel", default="torch", choices=("torch", "triton"),
                         help="the part field's float32 candidate pass (triton: CUDA only; model/deformation/nearest_top2.py)")
     args = parser.parse_args()
@@ -68,6 +70,7 @@ def main() -> None:
     base = cfg.synthesize
     update = {k: v for k, v in {"neural_rendering_resolution": args.neural_resolution,
                                 "triplane_points": args.triplane_points}.items() if v is not None}
+    update["fused_field"] = args.fused_field
     base = base.model_copy(update=update)
     torch.manual_seed(0)
     genhead = GenHead(cfg.networks.genhead)
@@ -80,7 +83,8 @@ def main() -> None:
     rows = []
     print(f"GenHead synthesis, profile {args.profile}, device {device}, neural {base.neural_rendering_resolution}, "
           f"image {cfg.networks.genhead.img_resolution}, triplane points {base.triplane_points}, "
-          f"vertex search kernel {args.vertex_search_kernel}")
+          f"vertex search kernel {args.vertex_search_kernel}, "
+          f"fused field {args.fused_field and device.type == 'cuda'}")
     print("| dtype | batch | render images/s | ms / batch | encode images/s (CPU) | peak GPU GiB |")
     print("|---|---|---|---|---|---|")
     for dtype in args.dtype:

@@ -16,7 +16,8 @@
 #   5 sr            bench_superresolution: shared style vs one style per image (default flags)
 #   6 trace         bench_psi --trace bf16:8: top kernels of one call
 #   7 fields        bench_fields, part field with the inductor search, then with the Triton top-2 kernel
-#   8 synthesize    bench_synthesize batch 8 (GenHead, part field included), inductor search then Triton top-2
+#   8 synthesize    bench_synthesize batch 8 (GenHead, part field included), torch paths, then with both Triton
+#                   kernels (top-2 search, fused part-triplane decoder)
 #   9 train         bench_train Ψ, up to 30 iterations or 25 s after 5 warm-up (bf16, default flags)
 set -u
 OUT="${OUT:-$PWD/gpu-session}"
@@ -64,8 +65,8 @@ step trace 30 "$PY" benchmarks/bench_psi.py --device "$DEVICE" --profile "$PROFI
 step fields 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS
 step fields-triton 30 "$PY" benchmarks/bench_fields.py --device "$DEVICE" $FIELDS --vertex-search-kernel triton
 step synthesize 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" --batch "${BATCHES##*,}" $ITERS
-step synthesize-triton 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" \
-    --batch "${BATCHES##*,}" $ITERS --vertex-search-kernel triton
+step synthesize-kernels 40 "$PY" benchmarks/bench_synthesize.py --device "$DEVICE" --profile "$PROFILE" \
+    --batch "${BATCHES##*,}" $ITERS --vertex-search-kernel triton --fused-field
 step train 50 "$PY" benchmarks/bench_train.py --stage psi --device "$DEVICE" --profile "$PROFILE" --batch-per-gpu 4 \
     $TRAIN_ITERS
 cat "$OUT/summary.txt"

@@ -57,6 +57,9 @@ class SynthesizeConfig(Strict):
         "L_T (official 4000 coarse samples outside the eye/mouth masks); 0 stores none",
     )
     png_compress_level: int = Field(3, ge=0, le=9, description="zlib level of stored PNGs (lossless at every level)")
+    fused_field: bool = Field(False, description="CUDA only: sample GenHead's part triplanes and run its radiance "
+                              "decoder in one Triton kernel (same maths, fp32; model/rendering/fused_field.py). "
+                              "Checked on the CPU through Triton's interpreter; its GPU speed is not measured yet")
     # --- faults ---------------------------------------------------------------------------------
     max_failure_ratio: float = Field(
         0.1, ge=0, le=1, description="fail if more than this fraction of label rows is unusable (NaN, wrong width)"

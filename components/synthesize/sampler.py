@@ -98,6 +98,7 @@ class GenHeadSampler:
                  device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.genhead = genhead.eval().requires_grad_(False).to(self.device)
+        self.genhead.fused_field = cfg.fused_field and self.device.type == "cuda"
         self.head = head.to(self.device)
         self.cfg = cfg
         self.truncation_psi = truncation_psi

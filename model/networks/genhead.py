@@ -139,6 +139,9 @@ class GenHead(nn.Module):
                 conv_clamp=cfg.background_conv_clamp)
         self.superresolution = SuperresolutionHybrid8XDC(cfg.superresolution) if cfg.has_superresolution else None
         self.decoder = OSGDecoder.from_config(cfg.decoder)
+        # Inference on CUDA may sample the part triplanes and run the decoder in one Triton kernel
+        # (model.rendering.fused_field); synthesize.fused_field sets it. Not part of the state dict.
+        self.fused_field = False
         self.ray_sampler = RaySampler()
         self.neural_rendering_resolution = cfg.neural_rendering_resolution
 
@@ -211,7 +214,7 @@ class GenHead(nn.Module):
         origins, directions = self.ray_sampler(cam2world, intrinsics, res)
         field = part_radiance_field(planes, self.decoder, deformer, eye_mask.reshape(b, -1, 1),
                                     mouth_mask.reshape(b, -1, 1), cfg.rendering, auto_fuse=res > 64,
-                                    generator=generator)
+                                    generator=generator, fused=self.fused_field)
         rendered = render_rays(field, origins, directions, cfg.rendering,
                                cam_z=camera_depth_of_origin(cam2world).to(origins), generator=generator)
         feature_image = to_image(rendered.features, res)  # (B, C, r, r) in [0, 1]

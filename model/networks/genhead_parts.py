@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from model.rendering.config import RenderingConfig
+from model.rendering.fused_field import FusedTriplaneDecoder
 from model.rendering.renderer import Decoder, RadianceField
 from model.rendering.triplane import sample_from_planes, triplane_axes
 
@@ -72,20 +73,26 @@ def _check_parts(parts: PartCoordinatesLike, b: int, p: int) -> None:
 
 def part_radiance_field(planes: torch.Tensor, decoder: Decoder, deformer: PartDeformer, eye_mask: torch.Tensor,
                         mouth_mask: torch.Tensor, cfg: RenderingConfig, auto_fuse: bool,
-                        generator: torch.Generator | None = None) -> RadianceField:
+                        generator: torch.Generator | None = None, fused: bool = False) -> RadianceField:
     """Radiance field of GenHead's 6 part planes (B,6,C,H,W); eye/mouth masks are per ray (B,R,1).
 
     `auto_fuse` (official: neural rendering resolution > 64) lets eye and face densities add up inside
-    the mouth, colours softmax-weighted by density, instead of the hard mask blend.
+    the mouth, colours softmax-weighted by density, instead of the hard mask blend. ``fused``: without a
+    gradient, each part's sampling + decoder runs as one Triton kernel (model.rendering.fused_field).
     """
     if planes.ndim != 5 or planes.shape[1] != N_PART_PLANES:
         raise ValueError(f"part planes must be (B, {N_PART_PLANES}, C, H, W), got {tuple(planes.shape)}")
     axes = triplane_axes(device=planes.device)
-    eye_planes, face_planes = planes[:, :3], planes[:, 3:]
+    part_planes = {"eye": planes[:, :3], "face": planes[:, 3:]}  # eye/mouth planes, face planes
+    kernels = {}
+    if fused and not torch.is_grad_enabled():
+        kernels = {name: FusedTriplaneDecoder(p, decoder, cfg.box_warp) for name, p in part_planes.items()}
 
-    def decode(part_planes: torch.Tensor, points: torch.Tensor,
-               directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb, sigma = decoder(sample_from_planes(axes, part_planes, points, cfg.box_warp), directions)
+    def decode(part: str, points: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if kernels:
+            rgb, sigma = kernels[part](points)
+        else:
+            rgb, sigma = decoder(sample_from_planes(axes, part_planes[part], points, cfg.box_warp), directions)
         if cfg.density_noise > 0:
             noise = torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype, device=sigma.device)
             sigma = sigma + noise * cfg.density_noise
@@ -105,8 +112,8 @@ def part_radiance_field(planes: torch.Tensor, decoder: Decoder, deformer: PartDe
         inside = parts.inside_eye_box.reshape(b, r, s, 1).to(coords.dtype)
         # Inside the mouth the eye/mouth planes are read at the mouth-deformed point.
         eye_points = torch.where(mouth.reshape(b, r * s, 1) > 0, parts.canonical_mouth, parts.canonical_eye)
-        rgb_eye, sigma_eye = decode(eye_planes, eye_points, dirs)
-        rgb_face, sigma_face = decode(face_planes, parts.canonical_face, dirs)
+        rgb_eye, sigma_eye = decode("eye", eye_points, dirs)
+        rgb_face, sigma_face = decode("face", parts.canonical_face, dirs)
         rgb_eye, rgb_face = rgb_eye.reshape(b, r, s, -1), rgb_face.reshape(b, r, s, -1)
         # The eye/mouth field only exists inside the eye boxes and the mouth.
         sigma_eye = sigma_eye.reshape(b, r, s, 1) * (inside + mouth)
