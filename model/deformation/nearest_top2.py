@@ -25,9 +25,8 @@ _INTERPRETER_BLOCK_POINTS = 2048  # the interpreter runs a program as numpy arra
 
 
 def enabled(kernel: str, device: torch.device | str) -> bool:
-    """Whether the candidate pass runs this kernel: asked for (``kernel == "triton"``) and Triton runs on ``device``."""
-    if kernel not in ("torch", "triton"):
-        raise ValueError(f"vertex search kernel must be 'torch' or 'triton', got {kernel!r}")
+    """Whether the candidate pass runs this kernel: asked for (``kernel == "triton"``; ``nearest_vertex`` refuses
+    other names than torch / triton) and Triton runs on ``device``."""
     return kernel == "triton" and runs_on(device)
 
 
