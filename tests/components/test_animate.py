@@ -39,6 +39,20 @@ def animator(tiny_model):
     a.close()
 
 
+def test_cuda_only_engine_options_leave_a_cpu_animator_eager(tiny_model):
+    """animate.fused_field / animate.compile ask for CUDA work; on the CPU the Animator loads and renders eagerly."""
+    from components.config.animate import AnimateConfig
+
+    a = Animator.load(tiny_model["psi"], tiny_model["assets"], "cpu",
+                      options=AnimateConfig(fused_field=True, compile=True))
+    try:
+        assert a.psi.fused_field is False
+        assert not any(hasattr(m, "_compiled_call_impl") and m._compiled_call_impl is not None
+                       for m in a.psi.modules())
+    finally:
+        a.close()
+
+
 @pytest.fixture(scope="module")
 def source(animator):
     return animator.prepare_source(PHOTO)

@@ -228,6 +228,11 @@ def test_same_seed_gives_byte_identical_shards_and_the_reader_decodes_them(tmp_p
 
     # Online mode draws the same identities and renders the same kind of batch.
     genhead, head = models
+    # synthesize.fused_field asks for the Triton kernel, which runs compiled on CUDA only: on the CPU the
+    # sampler keeps the eager field instead of failing
+    fused = GenHeadSampler(genhead, head, SMALL.model_copy(update={"fused_field": True}),
+                           CFG.networks.genhead.truncation_psi)
+    assert fused.genhead.fused_field is False
     sampler = GenHeadSampler(genhead, head, SMALL, CFG.networks.genhead.truncation_psi)
     online = OnlineSynthesizer(sampler, LabelPool.from_arrays([(str(labels_dir / "labels.npy"),
                                                                 np.load(labels_dir / "labels.npy"))]),
