@@ -22,7 +22,7 @@ import math
 import torch
 
 from model.rendering.decoder import OSGDecoder
-from model.triton_support import available, interpreting, jitted, tl
+from model.triton_support import available, interpreting, jitted, runs_on, tl
 
 BLOCK_POINTS = 64  # points per program on the GPU
 _INTERPRETER_BLOCK = 4096  # the interpreter runs a program as numpy arrays: bigger blocks, fewer Python loops
@@ -129,7 +129,7 @@ class FusedTriplaneDecoder:
             raise TypeError(f"the fused kernel implements OSGDecoder, got {type(decoder).__name__}")
         if planes.dim() != 5 or planes.shape[1] != 3 or planes.shape[2] != decoder.n_features:
             raise ValueError(f"planes must be (B, 3, {decoder.n_features}, H, W), got {tuple(planes.shape)}")
-        if planes.device.type != "cuda" and not interpreting():
+        if not runs_on(planes.device):
             raise RuntimeError("the fused triplane decoder runs on CUDA (or under TRITON_INTERPRET=1)")
         if planes.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("the fused triplane decoder has no backward: call it under torch.no_grad()")
